@@ -1,0 +1,248 @@
+"""Config schema: every field's default lives here, once, with a one-line comment.
+
+Config files in `configs/` call `base_config()` and override only what differs. `validate()`
+checks a resolved config before anything is compiled and raises `ConfigError` naming the field,
+the value and the fix.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field, the value and the fix."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # root of every random choice: params init, dropout, data order
+    c.objective = "causal_lm"  # registered objective name (fmjax/objectives/)
+    c.allow_config_change = False  # resume even if model/data keys differ from the checkpoint
+
+    c.model = m = ml_collections.ConfigDict()
+    m.family = "gpt2"  # registered model family (fmjax/models/): gpt2 | llama
+    m.vocab_size = 4096  # embedding rows; must equal the tokenizer's vocab size
+    m.seq_len = 256  # tokens per packed training row
+    m.d_model = 256  # residual stream width D
+    m.n_layers = 4  # transformer blocks L
+    m.n_heads = 4  # query heads H
+    m.n_kv_heads = 0  # key/value heads for grouped-query attention; 0 = n_heads
+    m.head_dim = 0  # per-head width K; 0 = d_model // n_heads
+    m.d_ff = 0  # MLP hidden width F; 0 = family default (gpt2: 4D, llama: 8D/3 rounded to 256)
+    m.max_positions = 0  # learned position table size (gpt2); 0 = seq_len
+    m.norm_eps = 1e-5  # epsilon of LayerNorm / RMSNorm
+    m.rope_theta = 10000.0  # RoPE base frequency (llama)
+    m.tie_embeddings = ml_collections.FieldReference(None, field_type=bool)  # None = family default
+    m.dropout = 0.0  # dropout rate on residual branches and attention probabilities
+    m.dtype = "float32"  # compute dtype of activations and matmuls (bfloat16 on TPU/GPU)
+    m.param_dtype = "float32"  # storage dtype of parameters and optimizer state
+    m.scan_layers = True  # nn.scan over blocks: one compiled block, fast compile for deep models
+    m.remat_policy = "none"  # none | full | dots | dots_no_batch | save_qkv_proj | minimal
+    m.attention_impl = "xla"  # jax.nn.dot_product_attention implementation: xla | cudnn
+    m.init_std = 0.02  # normal init std of weight matrices
+    m.vocab_multiple = 1  # pad embedding rows to a multiple (speed); 1 keeps published counts
+
+    c.tokenizer = t = ml_collections.ConfigDict()
+    t.path = ""  # SentencePiece .model file; "" = train one on the corpus and cache it
+    t.model_type = "bpe"  # SentencePiece algorithm when training: bpe | unigram
+    t.train_chars = 8_000_000  # characters of corpus text used to train the tokenizer
+    t.pad_id = 0  # padding id (never a target)
+    t.bos_id = 1  # beginning-of-document id
+    t.eos_id = 2  # end-of-document id
+    t.unk_id = 3  # unknown id (unused with byte fallback, but reserved)
+
+    c.data = d = ml_collections.ConfigDict()
+    d.source = "stdlib"  # stdlib | local_text | a TFDS name such as tiny_shakespeare
+    d.paths = ""  # local_text: comma-separated files or globs of .txt / .jsonl
+    d.text_field = "text"  # local_text .jsonl: key holding the document text
+    d.tfds_data_dir = os.path.join("~", ".cache", "fmjax", "tfds")  # array_record cache
+    d.validation_percent = 5  # stdlib/local_text: % of documents held out, by path hash
+    d.shuffle = True  # shuffle training documents (seeded; order = f(seed, epoch, index))
+    d.shuffle_buffer = 256  # packed rows mixed across documents in a seeded window
+    d.num_workers = 0  # grain worker processes (0 = in the main process)
+    d.ledger = False  # write a hash of every global batch to WORKDIR/ledger.jsonl
+
+    c.train = tr = ml_collections.ConfigDict()
+    tr.steps = 300  # optimizer updates
+    tr.global_batch_size = 16  # rows per update, summed over all processes
+    tr.microbatches = 1  # gradient accumulation: split each batch into this many scans
+    tr.log_every = 10  # steps between progress lines / metrics.jsonl rows
+    tr.eval_every = 100  # steps between validation passes (0 = only at the end)
+    tr.eval_batches = 8  # global validation batches per pass
+    tr.checkpoint_every = 100  # steps between checkpoints (the last step is always saved)
+    tr.keep_checkpoints = 3  # most recent checkpoints kept on disk
+    tr.sample_prompt = "def "  # prompt of the sample printed in the final report
+    tr.sample_tokens = 64  # new tokens in that sample
+
+    c.optim = o = ml_collections.ConfigDict()
+    o.name = "adamw"  # adamw | adafactor
+    o.learning_rate = 3e-3  # peak learning rate
+    o.schedule = "cosine"  # cosine | linear | rsqrt | wsd | constant (all after warmup)
+    o.warmup_steps = 30  # linear warmup from 0
+    o.min_lr_ratio = 0.1  # final lr / peak lr for cosine, linear and wsd
+    o.wsd_decay_fraction = 0.2  # wsd: fraction of steps spent in the final decay
+    o.b1 = 0.9  # Adam beta1
+    o.b2 = 0.95  # Adam beta2
+    o.eps = 1e-8  # Adam epsilon
+    o.weight_decay = 0.1  # decoupled weight decay
+    o.decay_norms = False  # apply weight decay to norm scales
+    o.decay_biases = False  # apply weight decay to biases
+    o.decay_embeddings = False  # apply weight decay to embedding tables
+    o.clip_norm = 1.0  # global gradient-norm clip (0 = off)
+    o.z_loss = 0.0  # coefficient of log(Z)^2 auxiliary loss (PaLM uses 1e-4)
+
+    c.mesh = ms = ml_collections.ConfigDict()
+    ms.data = -1  # data-parallel axis size; -1 fills the devices left
+    ms.fsdp = 1  # fully-sharded data-parallel axis size (params sharded over it)
+    ms.tensor = 1  # tensor-parallel axis size (heads / MLP sharded over it)
+
+    c.bench = b = ml_collections.ConfigDict()
+    b.warmup_steps = 3  # untimed steps after compile
+    b.steps = 10  # timed steps; the median is reported
+    return c
+
+
+# Keys whose change alters parameter shapes or data order: resuming across them is refused.
+SHAPE_KEYS = ("model.family", "model.vocab_size", "model.d_model", "model.n_layers",
+              "model.n_heads", "model.n_kv_heads", "model.head_dim", "model.d_ff",
+              "model.max_positions", "model.tie_embeddings", "model.scan_layers",
+              "optim.name")
+DATA_ORDER_KEYS = ("seed", "data.source", "data.paths", "data.shuffle", "data.shuffle_buffer",
+                   "model.seq_len", "train.global_batch_size")
+
+
+def get(config: ml_collections.ConfigDict, dotted: str) -> Any:
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def did_you_mean(name: str, candidates) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in config.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            keys += flat_keys(v, prefix + k + ".")
+        else:
+            keys.append(prefix + k)
+    return keys
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]):
+    """Sets dotted keys; an unknown key fails with a did-you-mean over all known keys."""
+    known = flat_keys(config)
+    for dotted, value in overrides.items():
+        if dotted not in known:
+            raise ConfigError(f"unknown config key '{dotted}'.{did_you_mean(dotted, known)}")
+        *parents, leaf = dotted.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    """Inverse of `to_json`, starting from the defaults so new fields keep their defaults."""
+    config = base_config()
+
+    def merge(node, values):
+        for k, v in values.items():
+            if k in node and isinstance(node[k], ml_collections.ConfigDict):
+                merge(node[k], v)
+            else:
+                node[k] = v
+
+    merge(config, json.loads(text))
+    return config
+
+
+def diff(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict, keys) -> list[str]:
+    """The keys among `keys` whose values differ, as 'key: old -> new'."""
+    out = []
+    for k in keys:
+        a, b = get(old, k), get(new, k)
+        if a != b:
+            out.append(f"{k}: {a!r} -> {b!r}")
+    return out
+
+
+def _fail(field: str, value, why: str, fix: str):
+    raise ConfigError(f"config.{field} = {value!r}: {why}; {fix}")
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_processes: int = 1):
+    """Checks that need no compile. Mesh, model and batch arithmetic; raises ConfigError."""
+    m, tr = config.model, config.train
+    for field in ("d_model", "n_layers", "n_heads", "seq_len", "vocab_size"):
+        if m[field] <= 0:
+            _fail(f"model.{field}", m[field], "must be positive", f"set --config.model.{field}")
+    if m.head_dim == 0 and m.d_model % m.n_heads:
+        _fail("model.n_heads", m.n_heads, f"does not divide model.d_model = {m.d_model}",
+              "choose n_heads dividing d_model, or set --config.model.head_dim explicitly")
+    kv = m.n_kv_heads or m.n_heads
+    if m.n_heads % kv:
+        _fail("model.n_kv_heads", m.n_kv_heads, f"does not divide model.n_heads = {m.n_heads}",
+              "grouped-query attention needs n_heads to be a multiple of n_kv_heads")
+    if m.remat_policy not in REMAT_POLICIES:
+        _fail("model.remat_policy", m.remat_policy, "unknown policy",
+              f"use one of {', '.join(REMAT_POLICIES)}")
+    if m.attention_impl not in ("xla", "cudnn"):
+        _fail("model.attention_impl", m.attention_impl, "unknown implementation", "use xla or cudnn")
+    for field in ("dtype", "param_dtype"):
+        if m[field] not in ("float32", "bfloat16", "float16"):
+            _fail(f"model.{field}", m[field], "unsupported dtype", "use float32 or bfloat16")
+
+    sizes = {k: config.mesh[k] for k in ("data", "fsdp", "tensor")}
+    fills = [k for k, v in sizes.items() if v == -1]
+    if len(fills) > 1:
+        _fail(f"mesh.{fills[1]}", -1, "only one mesh axis may be -1", "give the others sizes")
+    for k, v in sizes.items():
+        if v == 0 or v < -1:
+            _fail(f"mesh.{k}", v, "must be positive or -1", f"set --config.mesh.{k}=1")
+    fixed = 1
+    for v in sizes.values():
+        fixed *= v if v != -1 else 1
+    if fills:
+        if num_devices % fixed:
+            _fail(f"mesh.{fills[0]}", -1,
+                  f"the other axes multiply to {fixed}, which does not divide {num_devices} devices",
+                  "make the fixed axes' product divide the device count")
+        sizes[fills[0]] = num_devices // fixed
+    product = sizes["data"] * sizes["fsdp"] * sizes["tensor"]
+    if product != num_devices:
+        _fail("mesh", sizes, f"data*fsdp*tensor = {product} but {num_devices} devices are visible",
+              "set --config.mesh.data=-1 to fill the rest")
+    if m.n_heads % sizes["tensor"]:
+        _fail("mesh.tensor", sizes["tensor"], f"does not divide model.n_heads = {m.n_heads}",
+              "choose a tensor axis that divides the number of heads")
+
+    batch_shards = sizes["data"] * sizes["fsdp"]
+    if tr.global_batch_size % num_processes:
+        _fail("train.global_batch_size", tr.global_batch_size,
+              f"not divisible by the {num_processes} processes", "use a multiple of the process count")
+    if tr.global_batch_size % (batch_shards * tr.microbatches):
+        _fail("train.global_batch_size", tr.global_batch_size,
+              f"not divisible by mesh data*fsdp ({batch_shards}) x train.microbatches "
+              f"({tr.microbatches})", f"use a multiple of {batch_shards * tr.microbatches}")
+    for field in ("steps", "log_every"):
+        if tr[field] <= 0:
+            _fail(f"train.{field}", tr[field], "must be positive", f"set --config.train.{field}")
+    return sizes
+
+
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_qkv_proj", "minimal")

@@ -1,0 +1,34 @@
+"""fmjax: pretraining and fine-tuning foundation models with JAX/Flax."""
+from setuptools import find_packages, setup
+
+# Ranges tested together on Python 3.11 (CPU) in Nov 2026; upper bounds leave room for the
+# newer jax/flax/optax/orbax that GPU and TPU images ship (jax 0.11.x on Python 3.12).
+INSTALL_REQUIRES = [
+    "jax>=0.10.0,<0.12",
+    "flax>=0.12.0,<0.14",
+    "optax>=0.2.5,<0.4",
+    "orbax-checkpoint>=0.12.0,<0.14",
+    "tensorflow-datasets>=4.9.8,<5",
+    "importlib_resources>=6",  # imported by tensorflow-datasets but not declared by it
+    "array_record>=0.7,<0.10",
+    "grain>=0.2.12,<0.4",
+    "sentencepiece>=0.2.0,<0.3",
+    "ml-collections>=1.0,<2",
+    "absl-py>=2.1",
+    "numpy>=1.26",
+    "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+]
+
+setup(
+    name="fmjax",
+    version="0.1.0",
+    description="JAX/Flax pretraining and fine-tuning of foundation models",
+    packages=find_packages(include=["fmjax", "fmjax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "gpu": ["jax[cuda12]>=0.10.0,<0.12"],
+        "tpu": ["jax[tpu]>=0.10.0,<0.12"],
+    },
+)
