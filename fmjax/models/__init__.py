@@ -1,0 +1,94 @@
+"""Model families register themselves here by name; `build(config)` looks one up.
+
+A new family is one new file `fmjax/models/NAME.py` that calls `register("NAME")`; it is
+imported on first use of that name, so there is no central list to edit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Callable
+
+import flax.linen as nn
+
+from fmjax.config import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """config.model with every derived default resolved; hashable, so modules can hold it."""
+    family: str
+    vocab_size: int
+    padded_vocab_size: int
+    seq_len: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_ff: int
+    max_positions: int
+    norm_eps: float
+    rope_theta: float
+    tie_embeddings: bool
+    dropout: float
+    dtype: str
+    param_dtype: str
+    scan_layers: bool
+    remat_policy: str
+    attention_impl: str
+    init_std: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """How to fill a family's defaults and build its Linen module from a ModelConfig."""
+    name: str
+    make_module: Callable[[ModelConfig], nn.Module]
+    default_d_ff: Callable[[int], int]  # d_model -> MLP width when config.model.d_ff == 0
+    default_tie_embeddings: bool
+    position_params: Callable[[ModelConfig], int] = lambda cfg: 0  # excluded from 6N in MFU
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    _FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> Family:
+    if name not in _FAMILIES:
+        try:
+            importlib.import_module(f"fmjax.models.{name}")
+        except ModuleNotFoundError:
+            pass
+    if name not in _FAMILIES:
+        from fmjax.config import did_you_mean
+        known = sorted(_FAMILIES) or ["gpt2", "llama"]
+        raise ConfigError(f"config.model.family = {name!r}: no such model family; add "
+                          f"fmjax/models/{name}.py or use one of {known}.{did_you_mean(name, known)}")
+    return _FAMILIES[name]
+
+
+def resolve(model_config) -> ModelConfig:
+    m = model_config
+    family = get_family(m.family)
+    multiple = max(1, m.vocab_multiple)
+    tie = m.tie_embeddings
+    return ModelConfig(
+        family=m.family, vocab_size=m.vocab_size,
+        padded_vocab_size=-(-m.vocab_size // multiple) * multiple, seq_len=m.seq_len,
+        d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
+        n_kv_heads=m.n_kv_heads or m.n_heads, head_dim=m.head_dim or m.d_model // m.n_heads,
+        d_ff=m.d_ff or family.default_d_ff(m.d_model), max_positions=m.max_positions or m.seq_len,
+        norm_eps=m.norm_eps, rope_theta=m.rope_theta,
+        tie_embeddings=family.default_tie_embeddings if tie is None else bool(tie),
+        dropout=m.dropout, dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,
+        remat_policy=m.remat_policy, attention_impl=m.attention_impl, init_std=m.init_std)
+
+
+def build(config) -> tuple[nn.Module, ModelConfig]:
+    cfg = resolve(config.model)
+    return get_family(cfg.family).make_module(cfg), cfg

@@ -1,0 +1,73 @@
+"""Shared flag handling for the thin CLIs: the ml_collections `--config` file flag with
+`--config.a.b=value` overrides, checked against the schema with a did-you-mean."""
+from __future__ import annotations
+
+import importlib.util
+
+
+from absl import flags
+from ml_collections import config_flags
+
+from fmjax import config as config_lib
+
+FLAGS = flags.FLAGS
+
+
+def define_config_flag(default: str | None = None):
+    config_flags.DEFINE_config_file("config", default, "Config file (configs/NAME.py).",
+                                    lock_config=True)
+
+
+def _config_path(argv) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return FLAGS["config"].default if "config" in FLAGS else None
+
+
+def check_override_keys(argv) -> None:
+    """Fails with a did-you-mean before absl parses an override of a key that does not exist."""
+    path = _config_path(argv)
+    if not path:
+        return
+    spec = importlib.util.spec_from_file_location("fmjax_user_config", path.split(":")[0])
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"error: --config={path}: no such config file; see configs/")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    known = config_lib.flat_keys(module.get_config())
+    for arg in argv:
+        if arg.startswith("--config.") or arg.startswith("--noconfig."):
+            key = arg.split("=", 1)[0].split("config.", 1)[1]
+            if key not in known:
+                raise SystemExit(f"error: unknown config key '{key}' in {arg!r}."
+                                 f"{config_lib.did_you_mean(key, known)} All keys: fmjax/config.py")
+
+
+def parse_flags(argv):
+    """absl `flags_parser` for app.run: override keys checked first, then absl parsing."""
+    check_override_keys(argv)
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        raise SystemExit(f"error: {e}")
+
+
+def load_config():
+    if FLAGS.config is None:
+        raise SystemExit("error: --config is required, e.g. --config=configs/default.py")
+    return FLAGS.config
+
+
+def no_extra_args(argv):
+    if len(argv) > 1:
+        raise SystemExit(f"error: unexpected arguments {argv[1:]}")
+
+
+def run(main):
+    from absl import app
+    app.run(main, flags_parser=parse_flags)
+
+

@@ -1,0 +1,58 @@
+"""Everything a run needs built from a config and a mesh: model, objective, optimizer, state
+shardings and the jitted steps. Shared by train, bench, finetune and tests."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+
+from fmjax import mesh as mesh_lib
+from fmjax import models, objectives, optim, state as state_lib, step as step_lib
+
+
+@dataclasses.dataclass
+class Engine:
+    config: Any
+    mesh: Any
+    model: Any
+    model_config: models.ModelConfig
+    objective: Any
+    tx: Any
+    schedule: Callable
+    abstract_state: state_lib.TrainState
+    shardings: state_lib.TrainState
+    batch_sharding: Any
+    train_step: Callable  # jitted (state, batch) -> (state, metrics)
+    eval_step: Callable  # jitted (params, batch) -> sums
+
+    def init_state(self) -> state_lib.TrainState:
+        return state_lib.create_state(self.model, self.tx, self.config.seed,
+                                      self.model_config.seq_len, self.mesh, self.shardings)
+
+    def num_params(self) -> int:
+        return state_lib.count_params(self.abstract_state.params)
+
+    def run_train_step(self, state, batch):
+        with mesh_lib.activate(self.mesh):
+            return self.train_step(state, batch)
+
+    def run_eval_step(self, params, batch):
+        with mesh_lib.activate(self.mesh):
+            return self.eval_step(params, batch)
+
+
+def build(config, mesh) -> Engine:
+    model, model_config = models.build(config)
+    objective = objectives.get(config)
+    tx, schedule = optim.make_optimizer(config)
+    with mesh_lib.activate(mesh):
+        abstract, shardings = state_lib.state_shardings(model, tx, model_config.seq_len, mesh)
+    batch_sharding = mesh_lib.batch_sharding(mesh)
+    train_step = step_lib.jit_train_step(
+        step_lib.make_train_step(model, objective, tx, schedule, config), shardings,
+        batch_sharding, mesh)
+    eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(model, objective),
+                                       shardings.params, batch_sharding, mesh)
+    return Engine(config, mesh, model, model_config, objective, tx, schedule, abstract, shardings,
+                  batch_sharding, train_step, eval_step)

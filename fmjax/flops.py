@@ -1,0 +1,76 @@
+"""Model FLOPs and MFU, one convention everywhere (training logs, bench, README):
+
+  FLOPs per token = 6 N + 12 L d T
+  N = parameters excluding position embeddings, L layers, d = n_heads x head_dim, T = seq_len.
+  (6N: forward + backward matmuls; 12 L d T: attention scores and weighted values, fwd + bwd,
+  counting the full T x T square, PaLM appendix B.) Remat recomputation is not counted.
+
+MFU = achieved model FLOP/s / peak FLOP/s of the devices. Peaks come from the table below
+(dense bf16, per chip); on CPU the peak is measured at startup as the fp32 matmul throughput
+of this host (see `measure_cpu_peak`).
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense bf16 peak FLOP/s per device, from vendor spec sheets.
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5e": 197e12,
+    "TPU v5": 459e12,  # v5p
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,  # v6e (Trillium)
+    "TPU v6e": 918e12,
+    "TPU7x": 2307e12,
+    "NVIDIA H100": 989e12,  # SXM; PCIe is 756e12
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12,
+    "NVIDIA B200": 2250e12,
+}
+
+
+def flops_per_token(model_config, num_params: int, position_params: int) -> float:
+    c = model_config
+    n = num_params - position_params
+    return 6.0 * n + 12.0 * c.n_layers * c.n_heads * c.head_dim * c.seq_len
+
+
+def device_peak(device) -> float | None:
+    kind = getattr(device, "device_kind", "")
+    for name, peak in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
+        if kind.startswith(name) or name in kind:
+            return peak
+    return None
+
+
+def measure_cpu_peak(n: int = 1536, reps: int = 7) -> float:
+    """fp32 matmul FLOP/s of this host: median over `reps` of an n x n x n product on one CPU
+    device (XLA uses every core for it)."""
+    dev = jax.devices("cpu")[0]
+    a = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((n, n)),
+                                   jnp.float32), dev)
+    mm = jax.jit(lambda x, y: x @ y)
+    mm(a, a).block_until_ready()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        mm(a, a).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2.0 * n ** 3 / float(np.median(times))
+
+
+def total_peak(devices=None) -> tuple[float, str]:
+    """(peak FLOP/s of the devices this process drives, description of where it came from)."""
+    devices = devices if devices is not None else jax.local_devices()
+    if devices[0].platform == "cpu":
+        peak = measure_cpu_peak()
+        return peak, f"measured fp32 matmul {peak / 1e9:.1f} GFLOP/s (host)"
+    peak = device_peak(devices[0])
+    if peak is None:
+        return float("nan"), f"unknown device kind {devices[0].device_kind!r}"
+    return peak * len(devices), f"{len(devices)} x {devices[0].device_kind} @ {peak / 1e12:.0f} TFLOP/s"

@@ -1,0 +1,257 @@
+"""Layers shared by every model family: dense, embeddings, norms, RoPE, attention, MLPs.
+
+Shapes: B batch, T query length, S key length, D model, H query heads, G kv heads, K head dim,
+F MLP hidden, V vocab. Every parameter carries logical axis names (see fmjax/mesh.py).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+Dtype = Any
+
+
+def _normal(std: float):
+    return nn.initializers.normal(stddev=std)
+
+
+def _pinit(init: Callable, axes: Sequence[str | None]):
+    return nn.with_logical_partitioning(init, tuple(axes))
+
+
+def constrain(x, *axes):
+    return nn.with_logical_constraint(x, tuple(axes))
+
+
+class Dense(nn.Module):
+    """y = x @ W (+ b) contracting the last `len(in_axes)` dims of x; W named in_axes + out_axes."""
+    features: Sequence[int]
+    in_axes: Sequence[str | None]
+    out_axes: Sequence[str | None]
+    use_bias: bool = False
+    init_std: float = 0.02
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        n_in = len(self.in_axes)
+        in_shape = x.shape[-n_in:]
+        w = self.param("kernel", _pinit(_normal(self.init_std), (*self.in_axes, *self.out_axes)),
+                       (*in_shape, *self.features), self.param_dtype)
+        contract = tuple(range(x.ndim - n_in, x.ndim))
+        y = jax.lax.dot_general(x.astype(self.dtype), w.astype(self.dtype),
+                                ((contract, tuple(range(n_in))), ((), ())))
+        if self.use_bias:
+            b = self.param("bias", _pinit(nn.initializers.zeros, self.out_axes),
+                           tuple(self.features), self.param_dtype)
+            y = y + b.astype(self.dtype)
+        return y
+
+
+class Embed(nn.Module):
+    """Token (or position) table [N, D]; `attend` gives tied output logits."""
+    num_embeddings: int
+    features: int
+    axes: Sequence[str] = ("vocab", "embed")
+    init_std: float = 0.02
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.embedding = self.param("embedding", _pinit(_normal(self.init_std), self.axes),
+                                    (self.num_embeddings, self.features), self.param_dtype)
+
+    def __call__(self, ids):
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x_BTD):
+        return jnp.einsum("btd,vd->btv", x_BTD, self.embedding.astype(self.dtype))
+
+
+class LayerNorm(nn.Module):
+    eps: float = 1e-5
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BTD):
+        d = x_BTD.shape[-1]
+        x = x_BTD.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        y = y * self.param("scale", _pinit(nn.initializers.ones, ("embed",)), (d,), self.param_dtype)
+        if self.use_bias:
+            y = y + self.param("bias", _pinit(nn.initializers.zeros, ("embed",)), (d,),
+                               self.param_dtype)
+        return y.astype(self.dtype)
+
+
+class RMSNorm(nn.Module):
+    eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BTD):
+        d = x_BTD.shape[-1]
+        x = x_BTD.astype(jnp.float32)
+        y = x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps)
+        y = y * self.param("scale", _pinit(nn.initializers.ones, ("embed",)), (d,), self.param_dtype)
+        return y.astype(self.dtype)
+
+
+def rope(x_BTHK, positions_BT, theta: float):
+    """Rotary embedding, rotating the two halves of each head (Llama / GPT-NeoX layout)."""
+    k = x_BTHK.shape[-1]
+    freq_K2 = theta ** (-jnp.arange(0, k, 2, dtype=jnp.float32) / k)
+    angle_BTK2 = positions_BT[..., None].astype(jnp.float32) * freq_K2
+    sin, cos = jnp.sin(angle_BTK2)[:, :, None, :], jnp.cos(angle_BTK2)[:, :, None, :]
+    x1, x2 = jnp.split(x_BTHK.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BTHK.dtype)
+
+
+def attention_mask(q_segment_BT, kv_segment_BS, q_pos_BT, kv_pos_BS):
+    """[B, 1, T, S]: same (non-padding) segment and key position <= query position."""
+    same = q_segment_BT[:, :, None] == kv_segment_BS[:, None, :]
+    causal = kv_pos_BS[:, None, :] <= q_pos_BT[:, :, None]
+    real = kv_segment_BS[:, None, :] > 0
+    return (same & causal & real)[:, None]
+
+
+class Attention(nn.Module):
+    """Multi-head / grouped-query self-attention with optional RoPE, bias and a KV cache."""
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    use_bias: bool = False
+    use_rope: bool = False
+    rope_theta: float = 10000.0
+    dropout: float = 0.0
+    init_std: float = 0.02
+    out_init_std: float = 0.02
+    implementation: str = "xla"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def _proj(self, name, heads, head_axis):
+        return Dense((heads, self.head_dim), ("embed",), (head_axis, "head_dim"),
+                     use_bias=self.use_bias, init_std=self.init_std, dtype=self.dtype,
+                     param_dtype=self.param_dtype, name=name)
+
+    @nn.compact
+    def __call__(self, x_BTD, segment_ids_BT, positions_BT, *, decode=False, deterministic=True):
+        q_BTHK = checkpoint_name(self._proj("query", self.n_heads, "heads")(x_BTD), "query_proj")
+        k_BTGK = checkpoint_name(self._proj("key", self.n_kv_heads, "kv_heads")(x_BTD), "key_proj")
+        v_BTGK = checkpoint_name(self._proj("value", self.n_kv_heads, "kv_heads")(x_BTD),
+                                 "value_proj")
+        if self.use_rope:
+            q_BTHK = rope(q_BTHK, positions_BT, self.rope_theta)
+            k_BTGK = rope(k_BTGK, positions_BT, self.rope_theta)
+        q_BTHK = constrain(q_BTHK, "batch", "length", "heads", "head_dim")
+        k_BTGK = constrain(k_BTGK, "batch", "length", "kv_heads", "head_dim")
+        v_BTGK = constrain(v_BTGK, "batch", "length", "kv_heads", "head_dim")
+
+        if decode:
+            k_BSGK, v_BSGK, kv_seg_BS, kv_pos_BS = self._update_cache(
+                k_BTGK, v_BTGK, segment_ids_BT, positions_BT)
+        else:
+            k_BSGK, v_BSGK, kv_seg_BS, kv_pos_BS = k_BTGK, v_BTGK, segment_ids_BT, positions_BT
+        mask_B1TS = attention_mask(segment_ids_BT, kv_seg_BS, positions_BT, kv_pos_BS)
+
+        if self.dropout > 0 and not deterministic:
+            out_BTHK = self._attend_with_dropout(q_BTHK, k_BSGK, v_BSGK, mask_B1TS)
+        else:
+            out_BTHK = jax.nn.dot_product_attention(
+                q_BTHK, k_BSGK.astype(q_BTHK.dtype), v_BSGK.astype(q_BTHK.dtype),
+                mask=mask_B1TS, implementation=None if self.implementation == "xla" else
+                self.implementation)
+        out_BTHK = constrain(out_BTHK, "batch", "length", "heads", "head_dim")
+        out = Dense((x_BTD.shape[-1],), ("heads", "head_dim"), ("embed",), use_bias=self.use_bias,
+                    init_std=self.out_init_std, dtype=self.dtype, param_dtype=self.param_dtype,
+                    name="out")(out_BTHK)
+        return checkpoint_name(out, "attention_out")
+
+    def _attend_with_dropout(self, q_BTHK, k_BSGK, v_BSGK, mask_B1TS):
+        groups = self.n_heads // self.n_kv_heads
+        k_BSHK = jnp.repeat(k_BSGK, groups, axis=2)
+        v_BSHK = jnp.repeat(v_BSGK, groups, axis=2)
+        logits_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK) / jnp.sqrt(self.head_dim)
+        logits_BHTS = jnp.where(mask_B1TS, logits_BHTS.astype(jnp.float32), -1e30)
+        probs_BHTS = jax.nn.softmax(logits_BHTS, axis=-1)
+        probs_BHTS = nn.Dropout(self.dropout)(probs_BHTS, deterministic=False)
+        return jnp.einsum("bhts,bshk->bthk", probs_BHTS.astype(v_BSHK.dtype), v_BSHK)
+
+    def _update_cache(self, k_BTGK, v_BTGK, segment_ids_BT, positions_BT):
+        """Writes this call's keys/values at the cache index and returns the whole cache.
+
+        The cache is created by an init call with `decode=True` on a [B, max_len] batch."""
+        b, t = k_BTGK.shape[:2]
+        is_init = not self.has_variable("cache", "cached_key")
+        key = self.variable("cache", "cached_key", jnp.zeros, k_BTGK.shape, k_BTGK.dtype)
+        value = self.variable("cache", "cached_value", jnp.zeros, v_BTGK.shape, v_BTGK.dtype)
+        seg = self.variable("cache", "segment_ids", jnp.zeros, (b, t), jnp.int32)
+        pos = self.variable("cache", "positions", jnp.zeros, (b, t), jnp.int32)
+        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+        if is_init:
+            return k_BTGK, v_BTGK, segment_ids_BT, positions_BT
+        i = index.value
+        key.value = jax.lax.dynamic_update_slice(key.value, k_BTGK.astype(key.value.dtype),
+                                                 (0, i, 0, 0))
+        value.value = jax.lax.dynamic_update_slice(value.value, v_BTGK.astype(value.value.dtype),
+                                                   (0, i, 0, 0))
+        seg.value = jax.lax.dynamic_update_slice(seg.value, segment_ids_BT.astype(jnp.int32), (0, i))
+        pos.value = jax.lax.dynamic_update_slice(pos.value, positions_BT.astype(jnp.int32), (0, i))
+        index.value = i + t
+        return key.value, value.value, seg.value, pos.value
+
+
+class MLP(nn.Module):
+    """Feed-forward block: `gelu` (GPT-2) or a gated `swiglu` / `geglu` (Llama, T5 v1.1)."""
+    d_ff: int
+    activation: str = "gelu"
+    use_bias: bool = False
+    init_std: float = 0.02
+    out_init_std: float = 0.02
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def _dense(self, name, features, in_axes, out_axes, std):
+        return Dense((features,), in_axes, out_axes, use_bias=self.use_bias, init_std=std,
+                     dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+    @nn.compact
+    def __call__(self, x_BTD):
+        d = x_BTD.shape[-1]
+        up = self._dense("up", self.d_ff, ("embed",), ("mlp",), self.init_std)
+        if self.activation == "gelu":
+            h_BTF = jax.nn.gelu(up(x_BTD), approximate=True)
+        elif self.activation in ("swiglu", "geglu"):
+            gate = self._dense("gate", self.d_ff, ("embed",), ("mlp",), self.init_std)
+            act = jax.nn.silu if self.activation == "swiglu" else (
+                lambda z: jax.nn.gelu(z, approximate=True))
+            h_BTF = act(gate(x_BTD)) * up(x_BTD)
+        else:
+            raise ValueError(f"unknown MLP activation {self.activation!r}")
+        h_BTF = constrain(h_BTF, "batch", "length", "mlp")
+        out = self._dense("down", d, ("mlp",), ("embed",), self.out_init_std)(h_BTF)
+        return checkpoint_name(out, "mlp_out")
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_qkv_proj": jax.checkpoint_policies.save_only_these_names(
+        "query_proj", "key_proj", "value_proj"),
+    "minimal": jax.checkpoint_policies.save_only_these_names(
+        "query_proj", "key_proj", "value_proj", "attention_out", "mlp_out"),
+}

@@ -1,0 +1,76 @@
+"""Device mesh from the config, the ONE table of logical-axis rules, and sharding helpers.
+
+Every parameter and activation is named with logical axes (`batch`, `embed`, `heads`, ...);
+`LOGICAL_RULES` maps them onto the mesh axes `data`, `fsdp`, `tensor`. Changing the parallelism
+strategy means editing this table, nothing else.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axes. A mesh axis already used by an earlier dimension of the same
+# array is skipped (flax semantics), so activations ('batch', 'length', 'embed') shard batch
+# over (data, fsdp) and leave embed whole, while weights ('embed', 'mlp') shard embed over fsdp.
+LOGICAL_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("positions", None),
+)
+
+
+def mesh_shape(config, num_devices: int) -> dict[str, int]:
+    """Axis sizes with -1 resolved; validation (with the fix in the message) is in config.py."""
+    from fmjax import config as config_lib
+    return config_lib.validate(config, num_devices=num_devices,
+                               num_processes=jax.process_count())
+
+
+def make_mesh(config, devices=None) -> Mesh:
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = mesh_shape(config, len(devices))
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    if devices == list(jax.devices()):
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
+                axis_types=(AxisType.Auto,) * 3)
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh):
+    """Mesh and logical rules in scope, for tracing models with logical constraints."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+        yield
+
+
+def logical_sharding(mesh: Mesh, logical_axes) -> NamedSharding:
+    spec = nn.logical_to_mesh_axes(logical_axes, LOGICAL_RULES)
+    return NamedSharding(mesh, spec)
+
+
+def tree_shardings(mesh: Mesh, boxed_tree):
+    """NamedShardings for a tree whose leaves may be nn.LogicallyPartitioned boxes."""
+    specs = nn.get_partition_spec(boxed_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of a [B, T] batch array: rows over (data, fsdp)."""
+    return logical_sharding(mesh, ("batch", "length"))

@@ -1,0 +1,76 @@
+"""Autoregressive decoding with a KV cache (and a cache-free reference for tests)."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def filter_logits(logits_BV, temperature: float, top_k: int, top_p: float):
+    """Temperature, then keep the top_k most likely and the smallest set with mass >= top_p."""
+    logits_BV = logits_BV / jnp.maximum(temperature, 1e-6)
+    if top_k > 0:
+        kth_BV = jax.lax.top_k(logits_BV, top_k)[0][:, -1:]
+        logits_BV = jnp.where(logits_BV < kth_BV, -jnp.inf, logits_BV)
+    if 0.0 < top_p < 1.0:
+        sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+        cum_BV = jnp.cumsum(jax.nn.softmax(sorted_BV, axis=-1), axis=-1)
+        # the smallest logit still inside the nucleus (always keep the top token)
+        keep_BV = (cum_BV - jax.nn.softmax(sorted_BV, axis=-1)) < top_p
+        cutoff_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1, keepdims=True)
+        logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+    return logits_BV
+
+
+def _pick(logits_BV, rng, temperature, top_k, top_p):
+    if temperature == 0.0:
+        return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(rng, filter_logits(logits_BV, temperature, top_k, top_p)
+                                  ).astype(jnp.int32)
+
+
+def init_cache(model, batch: int, max_len: int):
+    tokens = jnp.zeros((batch, max_len), jnp.int32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), tokens, decode=True))
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k",
+                                             "top_p"))
+def generate(model, params, prompt_BP, rng, *, max_new_tokens: int, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0):
+    """prompt [B, P] -> new tokens [B, max_new_tokens], decoding one token per step from the cache."""
+    b, p = prompt_BP.shape
+    cache = init_cache(model, b, p + max_new_tokens)
+
+    def run(cache, tokens_BT, start):
+        t = tokens_BT.shape[1]
+        positions_BT = jnp.broadcast_to(start + jnp.arange(t), (b, t))
+        logits_BTV, mutated = model.apply({"params": params, "cache": cache}, tokens_BT,
+                                          jnp.ones_like(tokens_BT), positions_BT, decode=True,
+                                          mutable=["cache"])
+        return logits_BTV[:, -1], mutated["cache"]
+
+    logits_BV, cache = run(cache, prompt_BP, 0)
+
+    def body(i, carry):
+        cache, logits_BV, out_BN = carry
+        token_B = _pick(logits_BV, jax.random.fold_in(rng, i), temperature, top_k, top_p)
+        out_BN = out_BN.at[:, i].set(token_B)
+        logits_BV, cache = run(cache, token_B[:, None], p + i)
+        return cache, logits_BV, out_BN
+
+    out_BN = jnp.zeros((b, max_new_tokens), jnp.int32)
+    _, _, out_BN = jax.lax.fori_loop(0, max_new_tokens, body, (cache, logits_BV, out_BN))
+    return out_BN
+
+
+def greedy_without_cache(model, params, prompt_BP, max_new_tokens: int):
+    """Reference: re-runs the whole sequence for every new token (for tests)."""
+    tokens_BT = prompt_BP
+    for _ in range(max_new_tokens):
+        logits_BTV = model.apply({"params": params}, tokens_BT)
+        next_B = jnp.argmax(logits_BTV[:, -1], axis=-1).astype(jnp.int32)
+        tokens_BT = jnp.concatenate([tokens_BT, next_B[:, None]], axis=1)
+    return tokens_BT[:, prompt_BP.shape[1]:]

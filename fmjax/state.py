@@ -1,0 +1,80 @@
+"""Train state pytree and its sharded creation (shapes from jax.eval_shape, never materialised
+on one host)."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from fmjax import mesh as mesh_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer updates applied so far
+    params: Any
+    opt_state: Any
+    rng: jax.Array  # uint32[2] root key for dropout and objective noise (folded with step)
+
+
+def init_params_fn(model, seq_len: int):
+    """rng -> boxed params (nn.LogicallyPartitioned leaves)."""
+    def init(rng):
+        tokens_BT = jnp.zeros((1, seq_len), jnp.int32)
+        return model.init({"params": rng}, tokens_BT)["params"]
+    return init
+
+
+def param_shardings(model, seq_len: int, mesh):
+    boxed = jax.eval_shape(init_params_fn(model, seq_len), jax.random.PRNGKey(0))
+    abstract = jax.tree.map(lambda x: x.unbox(apply_constraint=False), boxed,
+                            is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+    return abstract, mesh_lib.tree_shardings(mesh, boxed)
+
+
+def _opt_state_shardings(tx, abstract_params, params_sharding, mesh):
+    """Optimizer leaves shaped like their param take its sharding; others (counts, Adafactor's
+    factored moments) are replicated."""
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    repl = NamedSharding(mesh, P())
+
+    def pick(leaf, param, sharding):
+        return sharding if getattr(leaf, "shape", None) == param.shape else repl
+
+    return abstract_opt, optax.tree_map_params(
+        tx, pick, abstract_opt, abstract_params, params_sharding,
+        transform_non_params=lambda _: repl,
+        is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
+def state_shardings(model, tx, seq_len: int, mesh) -> tuple[TrainState, TrainState]:
+    """(abstract state, shardings), both TrainState-shaped."""
+    abstract_params, p_shard = param_shardings(model, seq_len, mesh)
+    abstract_opt, o_shard = _opt_state_shardings(tx, abstract_params, p_shard, mesh)
+    repl = NamedSharding(mesh, P())
+    abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+                          opt_state=abstract_opt, rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+    return abstract, TrainState(step=repl, params=p_shard, opt_state=o_shard, rng=repl)
+
+
+def create_state(model, tx, seed: int, seq_len: int, mesh, shardings: TrainState) -> TrainState:
+    """Initialises directly into `shardings`: each device computes only its own shards."""
+    init_params = init_params_fn(model, seq_len)
+
+    def init(seed_key):
+        params_rng, state_rng = jax.random.split(seed_key)
+        params = nn.unbox(init_params(params_rng))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params), rng=state_rng)
+
+    with mesh_lib.activate(mesh):
+        return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
+
+
+def count_params(abstract_params) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(abstract_params)))

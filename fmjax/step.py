@@ -1,0 +1,76 @@
+"""The pure train and eval step functions: (state, batch) -> (state, metrics)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fmjax import objectives
+
+
+def _loss_sums(model, objective, z_loss, params, batch, rng, deterministic):
+    """(ce + z sum, (ce sum, weight sum)) for one (micro)batch."""
+    transform_rng, dropout_rng = jax.random.split(rng)
+    example = objective.transform(batch, transform_rng)
+    logits_BTV = model.apply({"params": params}, **example["inputs"],
+                             deterministic=deterministic, rngs={"dropout": dropout_rng})
+    ce, z, w = objectives.cross_entropy(logits_BTV, example["targets"], example["weights"], z_loss)
+    return ce + z, (ce, w)
+
+
+def _split_microbatches(batch, m: int):
+    """[B, ...] -> [m, B/m, ...] taking every m-th row, so each device keeps its own rows."""
+    def split(x):
+        return jnp.swapaxes(x.reshape(x.shape[0] // m, m, *x.shape[1:]), 0, 1)
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(model, objective, tx, schedule, config):
+    z_loss, m = config.optim.z_loss, config.train.microbatches
+    deterministic = config.model.dropout == 0.0
+    grad_fn = jax.value_and_grad(
+        lambda p, b, r: _loss_sums(model, objective, z_loss, p, b, r, deterministic), has_aux=True)
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        if m == 1:
+            (_, (ce, w)), grads = grad_fn(state.params, batch, rng)
+        else:
+            def body(carry, xs):
+                grads_acc, ce_acc, w_acc = carry
+                i, micro = xs
+                (_, (ce, w)), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i))
+                return (jax.tree.map(jnp.add, grads_acc, g), ce_acc + ce, w_acc + w), None
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (grads, ce, w), _ = jax.lax.scan(
+                body, (zeros, 0.0, 0.0), (jnp.arange(m), _split_microbatches(batch, m)))
+        w = jnp.maximum(w, 1.0)
+        grads = jax.tree.map(lambda g: g / w, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": ce / w, "grad_norm": optax.global_norm(grads),
+                   "learning_rate": schedule(state.step), "target_tokens": w}
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model, objective):
+    def eval_step(params, batch):
+        _, (ce, w) = _loss_sums(model, objective, 0.0, params, batch, jax.random.PRNGKey(0), True)
+        return {"ce_sum": ce, "weight_sum": w}
+    return eval_step
+
+
+def jit_train_step(train_step, state_shardings, batch_sharding, mesh):
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    repl = NamedSharding(mesh, P())
+    return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, repl), donate_argnums=0)
+
+
+def jit_eval_step(eval_step, params_shardings, batch_sharding, mesh):
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    return jax.jit(eval_step, in_shardings=(params_shardings, batch_sharding),
+                   out_shardings=NamedSharding(mesh, P()))

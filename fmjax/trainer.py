@@ -1,0 +1,203 @@
+"""The pretraining loop: config -> mesh -> state (init or restore) -> steps with hooks for
+logging, evaluation and checkpoints -> final report. `train(config, workdir)` is the library
+entry point; `python -m fmjax.train` is a thin CLI over it."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+
+from fmjax import checkpoint, engine as engine_lib, flops, mesh as mesh_lib, models, sampling
+from fmjax import config as config_lib
+from fmjax.data import pipeline, tokenizer as tokenizer_lib
+from fmjax.metrics import MetricsWriter
+
+
+@dataclasses.dataclass
+class Report:
+    steps: int
+    train_loss: float
+    eval_loss: float
+    eval_perplexity: float
+    tokens_per_sec: float
+    mfu: float
+    mfu_convention: str
+    num_params: int
+    checkpoint_dir: str
+    metrics_path: str
+    sample: str
+
+    def text(self) -> str:
+        return "\n".join([
+            "=" * 72,
+            f"fmjax run finished: {self.steps} steps, {self.num_params:,} parameters",
+            f"  train loss        {self.train_loss:.4f}",
+            f"  validation loss   {self.eval_loss:.4f}  (perplexity {self.eval_perplexity:.2f})",
+            f"  throughput        {self.tokens_per_sec:,.0f} tokens/s",
+            f"  MFU               {100 * self.mfu:.1f}%  ({self.mfu_convention})",
+            f"  checkpoints       {self.checkpoint_dir}",
+            f"  metrics           {self.metrics_path} (+ tensorboard/)",
+            "  sample:",
+            "    " + self.sample.replace("\n", "\n    "),
+            "=" * 72,
+        ])
+
+
+def evaluate(engine, params, eval_batches) -> dict:
+    ce, w = 0.0, 0.0
+    for local in eval_batches:
+        sums = engine.run_eval_step(params, pipeline.global_batch(local, engine.batch_sharding))
+        ce += float(sums["ce_sum"])
+        w += float(sums["weight_sum"])
+    loss = ce / max(w, 1.0)
+    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+
+
+def check_resume_config(saved: dict, config) -> None:
+    """Refuse to resume across changes of parameter shapes or data order unless allowed."""
+    old = config_lib.from_json(json.dumps(saved))
+    changed = config_lib.diff(old, config, config_lib.SHAPE_KEYS + config_lib.DATA_ORDER_KEYS)
+    if changed and not config.allow_config_change:
+        raise config_lib.ConfigError(
+            "the workdir's checkpoint was written with a different config: "
+            + "; ".join(changed) + ". Use a new --workdir, or pass "
+            "--config.allow_config_change=True if the change is safe.")
+
+
+def batch_hash(local_batch: dict) -> str:
+    h = hashlib.sha1()
+    for k in sorted(local_batch):
+        h.update(np.ascontiguousarray(local_batch[k]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def sample_text(engine, params, tokenizer, prompt: str, max_new_tokens: int, seed: int) -> str:
+    cfg = engine.model_config
+    ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
+    max_new_tokens = max(0, min(max_new_tokens, cfg.max_positions - len(ids)))
+    prompt_BP = np.asarray([ids], np.int32)
+    host_params = jax.device_get(params)
+    out = np.asarray(sampling.generate(engine.model, host_params, prompt_BP,
+                                       jax.random.PRNGKey(seed), max_new_tokens=max_new_tokens,
+                                       temperature=0.0))[0].tolist()
+    if tokenizer.eos_id in out:
+        out = out[:out.index(tokenizer.eos_id)]
+    return prompt + tokenizer.decode(out)
+
+
+def train(config, workdir: str) -> Report:
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    is_main = jax.process_index() == 0
+    config_lib.validate(config, num_devices=jax.device_count(),
+                        num_processes=jax.process_count())
+    os.makedirs(workdir, exist_ok=True)
+    tokenizer = tokenizer_lib.ensure_tokenizer(config)
+    tokenizer.check_against(config)
+
+    mesh = mesh_lib.make_mesh(config)
+    engine = engine_lib.build(config, mesh)
+    train_iter = pipeline.make_train_iterator(config, tokenizer)
+    eval_batches = pipeline.make_eval_batches(config, tokenizer)
+    tr = config.train
+    manager = checkpoint.make_manager(workdir, keep=tr.keep_checkpoints)
+    latest = manager.latest_step()
+    if latest is not None:
+        state, saved = checkpoint.restore(manager, latest, engine.abstract_state,
+                                          engine.shardings, train_iter)
+        check_resume_config(saved, config)
+        print(f"resumed from step {latest} in {checkpoint.checkpoint_dir(workdir)}", flush=True)
+    else:
+        state = engine.init_state()
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config_lib.to_json(config))
+
+    num_params = engine.num_params()
+    family = models.get_family(engine.model_config.family)
+    fpt = flops.flops_per_token(engine.model_config, num_params,
+                                family.position_params(engine.model_config))
+    peak, peak_desc = flops.total_peak()
+    peak *= jax.process_count()
+    tokens_per_step = tr.global_batch_size * engine.model_config.seq_len
+    start = int(state.step)
+    if is_main:
+        print(f"model {engine.model_config.family}: {num_params:,} parameters; mesh "
+              f"{dict(mesh.shape)}; {tokens_per_step:,} tokens/step; "
+              f"{fpt / 1e6:.1f} MFLOPs/token; peak {peak_desc}", flush=True)
+
+    writer = MetricsWriter(workdir, tr.steps, enabled=is_main)
+    ledger = open(os.path.join(workdir, "ledger.jsonl"), "a") if config.data.ledger else None
+    pending = None  # (step, device metrics) pulled to host one step late
+    window_start, window_steps, last_train_loss = None, 0, float("nan")
+    throughput = []
+    eval_metrics = {}
+
+    def flush_pending():
+        nonlocal window_start, window_steps, last_train_loss
+        step, dev_metrics = pending
+        m = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
+        now = time.perf_counter()
+        last_train_loss = m["loss"]
+        if window_start is None:  # the first step includes compilation: start timing after it
+            window_start, window_steps = now, 0
+            return
+        window_steps += 1
+        if step % tr.log_every == 0 or step == tr.steps:
+            dt = now - window_start
+            tps = window_steps * tokens_per_step / dt if dt > 0 else float("nan")
+            m.update(tokens_per_sec=tps, mfu=tps * fpt / peak)
+            m.pop("target_tokens")
+            throughput.append(tps)
+            writer.write(step, m)
+            writer.progress(step, m, step - start)
+            window_start, window_steps = now, 0
+
+    for step in range(start + 1, tr.steps + 1):
+        local = next(train_iter)
+        if ledger is not None:
+            ledger.write(json.dumps({"step": step, "process": jax.process_index(),
+                                     "batch": batch_hash(local)}) + "\n")
+        state, dev_metrics = engine.run_train_step(
+            state, pipeline.global_batch(local, engine.batch_sharding))
+        if pending is not None:
+            flush_pending()
+        pending = (step, dev_metrics)
+        if (tr.eval_every and step % tr.eval_every == 0) or step == tr.steps:
+            flush_pending()
+            pending = None
+            eval_metrics = evaluate(engine, state.params, eval_batches)
+            writer.write(step, eval_metrics)
+            if is_main:
+                print(f"step {step}/{tr.steps} eval_loss {eval_metrics['eval_loss']:.4f} "
+                      f"eval_perplexity {eval_metrics['eval_perplexity']:.2f}", flush=True)
+            window_start = time.perf_counter()
+            window_steps = 0
+        if step % tr.checkpoint_every == 0 or step == tr.steps:
+            checkpoint.save(manager, step, state, train_iter, config.to_dict(),
+                            force=step == tr.steps)
+    if pending is not None:
+        flush_pending()
+    manager.wait_until_finished()
+    manager.close()
+    if ledger is not None:
+        ledger.close()
+    writer.close()
+    if not eval_metrics:
+        eval_metrics = evaluate(engine, state.params, eval_batches)
+
+    sample = sample_text(engine, state.params, tokenizer, tr.sample_prompt, tr.sample_tokens,
+                         config.seed) if is_main else ""
+    tps = float(np.median(throughput)) if throughput else float("nan")
+    return Report(steps=int(state.step), train_loss=last_train_loss,
+                  eval_loss=eval_metrics["eval_loss"],
+                  eval_perplexity=eval_metrics["eval_perplexity"], tokens_per_sec=tps,
+                  mfu=tps * fpt / peak if throughput else float("nan"),
+                  mfu_convention=f"6N + 12LdT FLOPs/token over {peak_desc}",
+                  num_params=num_params, checkpoint_dir=checkpoint.checkpoint_dir(workdir),
+                  metrics_path=os.path.join(workdir, "metrics.jsonl"), sample=sample)
