@@ -21,6 +21,11 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
 
 
+def tokenizer_path(workdir: str) -> str:
+    """The run's own copy of its tokenizer (written at startup, read by generate/finetune)."""
+    return os.path.join(os.path.abspath(os.path.expanduser(workdir)), "tokenizer.model")
+
+
 def make_manager(workdir: str, *, keep: int = 3, save_interval_steps: int = 1,
                  async_save: bool = True) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(

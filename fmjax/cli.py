@@ -67,7 +67,9 @@ def no_extra_args(argv):
 
 
 def run(main):
+    import logging
     from absl import app
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no libtpu" noise
     app.run(main, flags_parser=parse_flags)
 
 

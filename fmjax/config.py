@@ -158,6 +158,10 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 def from_json(text: str) -> ml_collections.ConfigDict:
     """Inverse of `to_json`, starting from the defaults so new fields keep their defaults."""
+    return from_json_dict(json.loads(text))
+
+
+def from_json_dict(values: dict) -> ml_collections.ConfigDict:
     config = base_config()
 
     def merge(node, values):
@@ -167,7 +171,7 @@ def from_json(text: str) -> ml_collections.ConfigDict:
             else:
                 node[k] = v
 
-    merge(config, json.loads(text))
+    merge(config, values)
     return config
 
 

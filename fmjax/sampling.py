@@ -66,11 +66,15 @@ def generate(model, params, prompt_BP, rng, *, max_new_tokens: int, temperature:
     return out_BN
 
 
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
 def greedy_without_cache(model, params, prompt_BP, max_new_tokens: int):
-    """Reference: re-runs the whole sequence for every new token (for tests)."""
-    tokens_BT = prompt_BP
-    for _ in range(max_new_tokens):
-        logits_BTV = model.apply({"params": params}, tokens_BT)
-        next_B = jnp.argmax(logits_BTV[:, -1], axis=-1).astype(jnp.int32)
-        tokens_BT = jnp.concatenate([tokens_BT, next_B[:, None]], axis=1)
-    return tokens_BT[:, prompt_BP.shape[1]:]
+    """Reference for tests: every new token re-runs the whole (causal) sequence, no cache."""
+    b, p = prompt_BP.shape
+    tokens_BL = jnp.concatenate([prompt_BP, jnp.zeros((b, max_new_tokens), jnp.int32)], axis=1)
+
+    def body(i, tokens_BL):
+        logits_BLV = model.apply({"params": params}, tokens_BL)
+        next_B = jnp.argmax(logits_BLV[:, p + i - 1], axis=-1).astype(jnp.int32)
+        return tokens_BL.at[:, p + i].set(next_B)
+
+    return jax.lax.fori_loop(0, max_new_tokens, body, tokens_BL)[:, p:]

@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 
 import jax
@@ -61,7 +62,7 @@ def evaluate(engine, params, eval_batches) -> dict:
 
 def check_resume_config(saved: dict, config) -> None:
     """Refuse to resume across changes of parameter shapes or data order unless allowed."""
-    old = config_lib.from_json(json.dumps(saved))
+    old = config_lib.from_json_dict(saved)
     changed = config_lib.diff(old, config, config_lib.SHAPE_KEYS + config_lib.DATA_ORDER_KEYS)
     if changed and not config.allow_config_change:
         raise config_lib.ConfigError(
@@ -117,6 +118,8 @@ def train(config, workdir: str) -> Report:
     if is_main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config_lib.to_json(config))
+        if os.path.abspath(tokenizer.path) != checkpoint.tokenizer_path(workdir):
+            shutil.copyfile(tokenizer.path, checkpoint.tokenizer_path(workdir))
 
     num_params = engine.num_params()
     family = models.get_family(engine.model_config.family)

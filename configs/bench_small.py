@@ -1,0 +1,26 @@
+"""bench_small: the CPU throughput benchmark of the pretraining core (issue 2, item 14).
+
+Source:   fmjax benchmark settings (no paper): GPT-2 family, 6 layers, 6 heads, d_model 384,
+          seq 256, vocab 8192, batch 8, float32, 1 device.
+Command:  python -m fmjax.bench --config=configs/bench_small.py
+Budget:   3 warm-up + 10 timed steps, about a minute on a 2-core CPU.
+Expected: MFU >= 85% of the host's measured fp32 matmul throughput (see README, Performance).
+"""
+from fmjax.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.family = "gpt2"
+    c.model.vocab_size = 8192
+    c.model.seq_len = 256
+    c.model.d_model = 384
+    c.model.n_layers = 6
+    c.model.n_heads = 6
+    c.model.dtype = "float32"
+    c.model.param_dtype = "float32"
+    c.train.global_batch_size = 8
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1  # one device
+    c.bench.warmup_steps = 3
+    c.bench.steps = 10
+    return c

@@ -1,0 +1,90 @@
+"""python -m fmjax.bench --config=configs/NAME.py [overrides]: times full train steps on random
+tokens after warm-up and prints compile time, median step time, tokens/s, MFU and peak host
+memory. The last line is JSON."""
+import json
+import resource
+import time
+
+import jax
+import numpy as np
+from absl import flags
+
+from fmjax import cli
+
+FLAGS = flags.FLAGS
+cli.define_config_flag()
+
+
+def mesh_devices(config):
+    sizes = [config.mesh[a] for a in ("data", "fsdp", "tensor")]
+    if -1 in sizes:
+        return jax.devices()
+    return jax.devices()[:int(np.prod(sizes))]
+
+
+def run_bench(config) -> dict:
+    from fmjax import engine as engine_lib, flops, mesh as mesh_lib, models
+    devices = mesh_devices(config)
+    from fmjax import config as config_lib
+    config_lib.validate(config, num_devices=len(devices))
+    mesh = mesh_lib.make_mesh(config, devices)
+    engine = engine_lib.build(config, mesh)
+    cfg = engine.model_config
+    b, t = config.train.global_batch_size, cfg.seq_len
+    rng = np.random.default_rng(config.seed)
+    batch = {"tokens": rng.integers(0, cfg.vocab_size, (b, t), dtype=np.int32),
+             "segment_ids": np.ones((b, t), np.int32),
+             "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()}
+    batch = {k: jax.device_put(v, engine.batch_sharding) for k, v in batch.items()}
+    state = engine.init_state()
+
+    t0 = time.perf_counter()
+    with mesh_lib.activate(mesh):
+        compiled = engine.train_step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(config.bench.warmup_steps):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(config.bench.steps):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times))
+
+    n = engine.num_params()
+    fpt = flops.flops_per_token(cfg, n, models.get_family(cfg.family).position_params(cfg))
+    peak, peak_desc = flops.total_peak(devices)
+    tps = b * t / step_s
+    return {"config": {"family": cfg.family, "layers": cfg.n_layers, "d_model": cfg.d_model,
+                       "heads": cfg.n_heads, "seq_len": t, "vocab": cfg.vocab_size, "batch": b,
+                       "dtype": cfg.dtype, "scan_layers": cfg.scan_layers,
+                       "remat": cfg.remat_policy, "mesh": dict(mesh.shape),
+                       "devices": f"{len(devices)} x {devices[0].device_kind}",
+                       "warmup_steps": config.bench.warmup_steps,
+                       "timed_steps": config.bench.steps},
+            "params": n, "compile_s": compile_s, "step_s_median": step_s,
+            "step_s_min": float(np.min(times)), "step_s_max": float(np.max(times)),
+            "tokens_per_sec": tps, "model_tflops_per_step": fpt * b * t / 1e12,
+            "achieved_gflops": fpt * tps / 1e9, "peak_gflops": peak / 1e9, "peak": peak_desc,
+            "mfu": fpt * tps / peak, "mfu_convention": "6N + 12LdT FLOPs per token",
+            "peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main(argv):
+    cli.no_extra_args(argv)
+    r = run_bench(cli.load_config())
+    c = r["config"]
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in c.items()))
+    print(f"params {r['params']:,}; compile {r['compile_s']:.1f} s; step median "
+          f"{1e3 * r['step_s_median']:.1f} ms (min {1e3 * r['step_s_min']:.1f}, max "
+          f"{1e3 * r['step_s_max']:.1f}) over {c['timed_steps']} steps")
+    print(f"tokens/s {r['tokens_per_sec']:,.0f}; model {r['achieved_gflops']:.1f} GFLOP/s; "
+          f"peak {r['peak']}; MFU {100 * r['mfu']:.1f}% ({r['mfu_convention']}); "
+          f"peak host memory {r['peak_host_memory_mb']:,.0f} MB")
+    print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,71 @@
+"""`TextSource`: random access to documents as {'text': str}, the one thing the pipeline reads.
+
+Also what every TFDS-backed source needs: where the array_record cache lives (`tfds_data_dir`),
+building a builder into it once (`prepare`), and opening one split of an fmjax builder
+(`open_split`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import tensorflow_datasets as tfds
+
+from fmjax.config import ConfigError
+
+
+class TextSource:
+    """Wraps a TFDS array_record data source; `identity` names the data (for cache keys).
+
+    Implements grain's RandomAccessDataSource protocol (`__len__`, `__getitem__`) and pickles
+    with its underlying source, so grain worker processes can read it.
+    """
+
+    def __init__(self, records: Sequence[dict[str, Any]], *, text_key: str, identity: str):
+        self.records = records
+        self.text_key = text_key
+        self.identity = identity
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, str]:
+        record = self.records[index]
+        if self.text_key not in record:
+            raise KeyError(f"{self.identity} has no feature {self.text_key!r} (it has: "
+                           f"{', '.join(record)}); set --config.data.text_field to one of them")
+        return {"text": as_text(record[self.text_key])}
+
+    def __repr__(self) -> str:
+        return f"TextSource({self.identity}, {len(self)} documents)"
+
+
+def as_text(value) -> str:
+    """TFDS returns Text features as bytes (sometimes numpy bytes); decode them as UTF-8."""
+    if isinstance(value, str):
+        return value
+    return bytes(value).decode("utf-8", errors="replace")
+
+
+def tfds_data_dir(config) -> str:
+    return os.path.expanduser(config.data.tfds_data_dir)
+
+
+def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+    """Writes the builder's array_record files once; later calls only read its metadata."""
+    if not builder.is_prepared():
+        tfds.display_progress_bar(False)
+        builder.download_and_prepare(file_format="array_record")
+    return builder
+
+
+def open_split(builder: tfds.core.DatasetBuilder, split: str) -> TextSource:
+    """The `text` feature of a prepared fmjax builder's split (empty splits are not written)."""
+    if split not in builder.info.splits:
+        percent = builder.builder_config.validation_percent
+        raise ConfigError(
+            f"config.data.validation_percent = {percent}: {builder.info.full_name} has no "
+            f"{split!r} documents (that percent is held out by path hash); raise "
+            "--config.data.validation_percent or add documents")
+    return TextSource(builder.as_data_source(split=split), text_key="text",
+                      identity=f"{builder.info.full_name}:{split}")

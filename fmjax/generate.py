@@ -1,0 +1,69 @@
+"""python -m fmjax.generate --workdir=DIR --prompt=TEXT [--max_new_tokens --temperature --top_k
+--top_p --num_samples --seed --step]: samples from a run's latest (or given) checkpoint with the
+run's own tokenizer, decoding with a KV cache."""
+import jax
+import numpy as np
+from absl import flags
+
+from fmjax import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Run directory written by fmjax.train.")
+flags.DEFINE_string("prompt", "", "Text to continue.")
+flags.DEFINE_integer("max_new_tokens", 128, "Tokens to generate per sample.")
+flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
+flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0 = all).")
+flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
+flags.DEFINE_integer("num_samples", 1, "Independent samples of the prompt.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.mark_flag_as_required("workdir")
+
+
+def load_run(workdir: str, step: int | None = None):
+    """(engine, params, tokenizer, step) of a training run's checkpoint, on all local devices."""
+    from fmjax import checkpoint, config as config_lib, engine as engine_lib, mesh as mesh_lib
+    from fmjax.data import tokenizer as tokenizer_lib
+    config = config_lib.from_json_dict(checkpoint.read_config(workdir, step))
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    config.tokenizer.path = checkpoint.tokenizer_path(workdir)
+    tokenizer = tokenizer_lib.ensure_tokenizer(config)
+    engine = engine_lib.build(config, mesh_lib.make_mesh(config))
+    manager = checkpoint.make_manager(workdir, async_save=False)
+    step = manager.latest_step() if step is None else step
+    state, _ = checkpoint.restore(manager, step, engine.abstract_state, engine.shardings)
+    manager.close()
+    return engine, state.params, tokenizer, step
+
+
+def sample(engine, params, tokenizer, prompt: str, *, max_new_tokens: int, temperature: float,
+           top_k: int, top_p: float, num_samples: int, seed: int) -> list[str]:
+    from fmjax import sampling
+    ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
+    limit = engine.model_config.max_positions - len(ids)
+    if engine.model_config.family == "gpt2" and max_new_tokens > limit:
+        max_new_tokens = max(limit, 0)  # learned positions end at max_positions
+    prompt_BP = np.asarray([ids] * num_samples, np.int32)
+    out_BN = np.asarray(sampling.generate(
+        engine.model, jax.device_get(params), prompt_BP, jax.random.PRNGKey(seed),
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p))
+    texts = []
+    for row in out_BN.tolist():
+        if tokenizer.eos_id in row:
+            row = row[:row.index(tokenizer.eos_id)]
+        texts.append(prompt + tokenizer.decode(row))
+    return texts
+
+
+def main(argv):
+    cli.no_extra_args(argv)
+    engine, params, tokenizer, step = load_run(FLAGS.workdir, FLAGS.step)
+    texts = sample(engine, params, tokenizer, FLAGS.prompt, max_new_tokens=FLAGS.max_new_tokens,
+                   temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
+                   num_samples=FLAGS.num_samples, seed=FLAGS.seed)
+    for i, text in enumerate(texts):
+        print(f"--- sample {i} (step {step}) ---\n{text}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,34 @@
+"""Tiny configs and batches shared by the tests."""
+import numpy as np
+
+from fmjax.config import base_config
+
+
+def tiny_config(family="gpt2", **model):
+    c = base_config()
+    c.model.family = family
+    c.model.vocab_size = 128
+    c.model.seq_len = 32
+    c.model.d_model = 32
+    c.model.n_layers = 2
+    c.model.n_heads = 8
+    c.model.n_kv_heads = 8 if family == "llama" else 0
+    for k, v in model.items():
+        c.model[k] = v
+    c.train.global_batch_size = 8
+    c.train.steps = 20
+    c.optim.warmup_steps = 2
+    c.optim.learning_rate = 1e-2
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
+    return c
+
+
+def packed_batch(batch=8, seq=32, vocab=128, seed=0, split=20):
+    """Rows holding two documents: [0, split) and [split, seq)."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(4, vocab, (batch, seq)).astype(np.int32)
+    segment_ids = np.ones((batch, seq), np.int32)
+    segment_ids[:, split:] = 2
+    positions = np.concatenate([np.arange(split), np.arange(seq - split)])
+    positions = np.broadcast_to(positions, (batch, seq)).astype(np.int32).copy()
+    return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}
