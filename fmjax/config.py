@@ -202,6 +202,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     if m.n_heads % kv:
         _fail("model.n_kv_heads", m.n_kv_heads, f"does not divide model.n_heads = {m.n_heads}",
               "grouped-query attention needs n_heads to be a multiple of n_kv_heads")
+    from fmjax.layers import REMAT_POLICIES  # the policies themselves live beside the layers
     if m.remat_policy not in REMAT_POLICIES:
         _fail("model.remat_policy", m.remat_policy, "unknown policy",
               f"use one of {', '.join(REMAT_POLICIES)}")
@@ -231,9 +232,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     if product != num_devices:
         _fail("mesh", sizes, f"data*fsdp*tensor = {product} but {num_devices} devices are visible",
               "set --config.mesh.data=-1 to fill the rest")
-    if m.n_heads % sizes["tensor"]:
-        _fail("mesh.tensor", sizes["tensor"], f"does not divide model.n_heads = {m.n_heads}",
-              "choose a tensor axis that divides the number of heads")
+    for field, heads in (("n_heads", m.n_heads), ("n_kv_heads", kv)):
+        if heads % sizes["tensor"]:
+            _fail("mesh.tensor", sizes["tensor"], f"does not divide model.{field} = {heads}",
+                  f"choose a tensor axis that divides {heads}, e.g. --config.mesh.tensor=1")
 
     batch_shards = sizes["data"] * sizes["fsdp"]
     if tr.global_batch_size % num_processes:
@@ -248,5 +250,3 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
             _fail(f"train.{field}", tr[field], "must be positive", f"set --config.train.{field}")
     return sizes
 
-
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "save_qkv_proj", "minimal")

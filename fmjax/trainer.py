@@ -161,6 +161,12 @@ def train(config, workdir: str) -> Report:
             writer.progress(step, m, step - start)
             window_start, window_steps = now, 0
 
+    if start == 0 and tr.eval_every:  # the starting point of the validation curve
+        initial = evaluate(engine, state.params, eval_batches)
+        writer.write(0, initial)
+        if is_main:
+            print(f"step 0/{tr.steps} eval_loss {initial['eval_loss']:.4f}", flush=True)
+
     for step in range(start + 1, tr.steps + 1):
         local = next(train_iter)
         if ledger is not None:
