@@ -30,10 +30,16 @@ def init_params_fn(model, seq_len: int):
     return init
 
 
-def param_shardings(model, seq_len: int, mesh):
+def abstract_params(model, seq_len: int):
+    """(ShapeDtypeStruct params, the same with their logical-axis boxes); allocates nothing."""
     boxed = jax.eval_shape(init_params_fn(model, seq_len), jax.random.PRNGKey(0))
     abstract = jax.tree.map(lambda x: x.unbox(apply_constraint=False), boxed,
                             is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+    return abstract, boxed
+
+
+def param_shardings(model, seq_len: int, mesh):
+    abstract, boxed = abstract_params(model, seq_len)
     return abstract, mesh_lib.tree_shardings(mesh, boxed)
 
 
