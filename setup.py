@@ -27,7 +27,9 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5",
+                 # notebooks/ are executed by tests/e2e/test_notebooks.py
+                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
         "gpu": ["jax[cuda12]>=0.10.0,<0.12"],
         "tpu": ["jax[tpu]>=0.10.0,<0.12"],
     },

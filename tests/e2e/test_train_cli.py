@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = [
@@ -33,14 +32,6 @@ def cli(module, *args, timeout=300):
 def metrics(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
-
-
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory, data_dir):
-    workdir = str(tmp_path_factory.mktemp("full"))
-    out = cli("fmjax.train", *TINY, f"--workdir={workdir}", f"--config.data.tfds_data_dir={data_dir}",
-              "--config.train.steps=60")
-    return workdir, out
 
 
 def test_training_lowers_validation_loss_and_reports(full_run):
