@@ -19,7 +19,8 @@ import tensorflow_datasets as tfds
 
 from fmjax.data import hash_split
 from fmjax.data.text_files import read_text
-from fmjax.data.text_source import TextSource, open_split, prepare, tfds_data_dir
+from fmjax.data.text_source import (TextSource, open_split, prepare, tfds_data_dir,
+                                     text_dataset_info)
 
 EXCLUDED_DIRS = ("site-packages", "dist-packages", "__pycache__")
 
@@ -57,15 +58,7 @@ class FmjaxStdlib(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "First version."}
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "text": tfds.features.Text(),
-                "path": tfds.features.Text(),
-            }),
-            metadata=tfds.core.MetadataDict(),
-        )
+        return text_dataset_info(self, __doc__, metadata=tfds.core.MetadataDict())
 
     def _split_generators(self, dl_manager):
         del dl_manager  # Nothing to download.

@@ -69,3 +69,13 @@ def open_split(builder: tfds.core.DatasetBuilder, split: str) -> TextSource:
             "--config.data.validation_percent or add documents")
     return TextSource(builder.as_data_source(split=split), text_key="text",
                       identity=f"{builder.info.full_name}:{split}")
+
+
+def text_dataset_info(builder: tfds.core.DatasetBuilder, description: str,
+                      **kwargs) -> tfds.core.DatasetInfo:
+    """DatasetInfo of the fmjax text builders: each example is a document `text` and its `path`."""
+    return tfds.core.DatasetInfo(
+        builder=builder, description=description,
+        features=tfds.features.FeaturesDict({"text": tfds.features.Text(),
+                                             "path": tfds.features.Text()}),
+        **kwargs)
