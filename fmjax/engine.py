@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import jax
 
 from fmjax import mesh as mesh_lib
 from fmjax import models, objectives, optim, state as state_lib, step as step_lib

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import os
 import sys
 import time
@@ -67,3 +68,57 @@ def _fmt_time(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class StepLogger:
+    """Pulls each step's metrics to the host one step late (so dispatch stays asynchronous),
+    times the steps between pulls, and every `log_every` steps writes a row and a progress line.
+
+    The first pulled step includes compilation and only starts the clock; `restart_clock()`
+    after an evaluation or other pause keeps it out of the throughput."""
+
+    def __init__(self, writer: MetricsWriter, *, log_every: int, total_steps: int, start_step: int,
+                 tokens_per_step: int, flops_per_token: float, peak_flops: float):
+        self.writer, self.log_every, self.total_steps = writer, log_every, total_steps
+        self.start_step, self.tokens_per_step = start_step, tokens_per_step
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self.pending = None  # (step, metrics still on device)
+        self.clock, self.timed_steps = None, 0
+        self.last_loss = float("nan")
+        self.throughputs: list[float] = []
+
+    def push(self, step: int, device_metrics: dict):
+        self.flush()
+        self.pending = (step, device_metrics)
+
+    def flush(self):
+        if self.pending is None:
+            return
+        step, device_metrics = self.pending
+        self.pending = None
+        m = {k: float(v) for k, v in device_metrics.items()}  # blocks until the step is done
+        now = time.perf_counter()
+        self.last_loss = m["loss"]
+        if self.clock is None:
+            self.clock, self.timed_steps = now, 0
+            return
+        self.timed_steps += 1
+        if step % self.log_every and step != self.total_steps:
+            return
+        tokens_per_sec = self.timed_steps * self.tokens_per_step / (now - self.clock)
+        m.pop("target_tokens", None)
+        m.update(tokens_per_sec=tokens_per_sec, mfu=self.mfu(tokens_per_sec))
+        self.throughputs.append(tokens_per_sec)
+        self.writer.write(step, m)
+        self.writer.progress(step, m, step - self.start_step)
+        self.clock, self.timed_steps = now, 0
+
+    def restart_clock(self):
+        self.flush()
+        self.clock, self.timed_steps = time.perf_counter(), 0
+
+    def mfu(self, tokens_per_sec: float) -> float:
+        return tokens_per_sec * self.flops_per_token / self.peak_flops
+
+    def median_tokens_per_sec(self) -> float:
+        return statistics.median(self.throughputs) if self.throughputs else float("nan")

@@ -7,7 +7,6 @@
 --input takes comma-separated files, globs or directories (a directory means its .txt, .py,
 .md, .rst and .jsonl files); .jsonl files hold one document per line under --text_field.
 """
-import itertools
 import time
 
 from absl import app, flags

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import shutil
-import time
 
 import jax
 import numpy as np
@@ -17,7 +16,7 @@ import numpy as np
 from fmjax import checkpoint, engine as engine_lib, flops, mesh as mesh_lib, models, sampling
 from fmjax import config as config_lib
 from fmjax.data import pipeline, tokenizer as tokenizer_lib
-from fmjax.metrics import MetricsWriter
+from fmjax.metrics import MetricsWriter, StepLogger
 
 
 @dataclasses.dataclass
@@ -135,63 +134,35 @@ def train(config, workdir: str) -> Report:
               f"{fpt / 1e6:.1f} MFLOPs/token; peak {peak_desc}", flush=True)
 
     writer = MetricsWriter(workdir, tr.steps, enabled=is_main)
+    logger = StepLogger(writer, log_every=tr.log_every, total_steps=tr.steps, start_step=start,
+                        tokens_per_step=tokens_per_step, flops_per_token=fpt, peak_flops=peak)
     ledger = open(os.path.join(workdir, "ledger.jsonl"), "a") if config.data.ledger else None
-    pending = None  # (step, device metrics) pulled to host one step late
-    window_start, window_steps, last_train_loss = None, 0, float("nan")
-    throughput = []
-    eval_metrics = {}
 
-    def flush_pending():
-        nonlocal window_start, window_steps, last_train_loss
-        step, dev_metrics = pending
-        m = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
-        now = time.perf_counter()
-        last_train_loss = m["loss"]
-        if window_start is None:  # the first step includes compilation: start timing after it
-            window_start, window_steps = now, 0
-            return
-        window_steps += 1
-        if step % tr.log_every == 0 or step == tr.steps:
-            dt = now - window_start
-            tps = window_steps * tokens_per_step / dt if dt > 0 else float("nan")
-            m.update(tokens_per_sec=tps, mfu=tps * fpt / peak)
-            m.pop("target_tokens")
-            throughput.append(tps)
-            writer.write(step, m)
-            writer.progress(step, m, step - start)
-            window_start, window_steps = now, 0
-
-    if start == 0 and tr.eval_every:  # the starting point of the validation curve
-        initial = evaluate(engine, state.params, eval_batches)
-        writer.write(0, initial)
+    def run_eval(step, params):
+        metrics = evaluate(engine, params, eval_batches)
+        writer.write(step, metrics)
         if is_main:
-            print(f"step 0/{tr.steps} eval_loss {initial['eval_loss']:.4f}", flush=True)
+            print(f"step {step}/{tr.steps} eval_loss {metrics['eval_loss']:.4f} "
+                  f"eval_perplexity {metrics['eval_perplexity']:.2f}", flush=True)
+        return metrics
 
+    eval_metrics = run_eval(0, state.params) if start == 0 and tr.eval_every else {}  # start of the curve
     for step in range(start + 1, tr.steps + 1):
         local = next(train_iter)
         if ledger is not None:
             ledger.write(json.dumps({"step": step, "process": jax.process_index(),
                                      "batch": batch_hash(local)}) + "\n")
-        state, dev_metrics = engine.run_train_step(
+        state, device_metrics = engine.run_train_step(
             state, pipeline.global_batch(local, engine.batch_sharding))
-        if pending is not None:
-            flush_pending()
-        pending = (step, dev_metrics)
+        logger.push(step, device_metrics)
         if (tr.eval_every and step % tr.eval_every == 0) or step == tr.steps:
-            flush_pending()
-            pending = None
-            eval_metrics = evaluate(engine, state.params, eval_batches)
-            writer.write(step, eval_metrics)
-            if is_main:
-                print(f"step {step}/{tr.steps} eval_loss {eval_metrics['eval_loss']:.4f} "
-                      f"eval_perplexity {eval_metrics['eval_perplexity']:.2f}", flush=True)
-            window_start = time.perf_counter()
-            window_steps = 0
+            logger.flush()
+            eval_metrics = run_eval(step, state.params)
+            logger.restart_clock()
         if step % tr.checkpoint_every == 0 or step == tr.steps:
             checkpoint.save(manager, step, state, train_iter, config.to_dict(),
                             force=step == tr.steps)
-    if pending is not None:
-        flush_pending()
+    logger.flush()
     manager.wait_until_finished()
     manager.close()
     if ledger is not None:
@@ -202,11 +173,11 @@ def train(config, workdir: str) -> Report:
 
     sample = sample_text(engine, state.params, tokenizer, tr.sample_prompt, tr.sample_tokens,
                          config.seed) if is_main else ""
-    tps = float(np.median(throughput)) if throughput else float("nan")
-    return Report(steps=int(state.step), train_loss=last_train_loss,
+    tps = logger.median_tokens_per_sec()
+    return Report(steps=int(state.step), train_loss=logger.last_loss,
                   eval_loss=eval_metrics["eval_loss"],
                   eval_perplexity=eval_metrics["eval_perplexity"], tokens_per_sec=tps,
-                  mfu=tps * fpt / peak if throughput else float("nan"),
+                  mfu=logger.mfu(tps),
                   mfu_convention=f"6N + 12LdT FLOPs/token over {peak_desc}",
                   num_params=num_params, checkpoint_dir=checkpoint.checkpoint_dir(workdir),
                   metrics_path=os.path.join(workdir, "metrics.jsonl"), sample=sample)
