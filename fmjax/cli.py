@@ -69,7 +69,9 @@ def no_extra_args(argv):
 def run(main):
     import logging
     from absl import app
+    from absl import logging as absl_logging
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no libtpu" noise
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's per-save INFO lines; --verbosity=0 restores
     app.run(main, flags_parser=parse_flags)
 
 

@@ -1,8 +1,6 @@
 """python -m fmjax.generate --workdir=DIR --prompt=TEXT [--max_new_tokens --temperature --top_k
 --top_p --num_samples --seed --step]: samples from a run's latest (or given) checkpoint with the
 run's own tokenizer, decoding with a KV cache."""
-import jax
-import numpy as np
 from absl import flags
 
 from fmjax import cli
@@ -36,31 +34,14 @@ def load_run(workdir: str, step: int | None = None):
     return engine, state.params, tokenizer, step
 
 
-def sample(engine, params, tokenizer, prompt: str, *, max_new_tokens: int, temperature: float,
-           top_k: int, top_p: float, num_samples: int, seed: int) -> list[str]:
-    from fmjax import sampling
-    ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
-    limit = engine.model_config.max_positions - len(ids)
-    if engine.model_config.family == "gpt2" and max_new_tokens > limit:
-        max_new_tokens = max(limit, 0)  # learned positions end at max_positions
-    prompt_BP = np.asarray([ids] * num_samples, np.int32)
-    out_BN = np.asarray(sampling.generate(
-        engine.model, jax.device_get(params), prompt_BP, jax.random.PRNGKey(seed),
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p))
-    texts = []
-    for row in out_BN.tolist():
-        if tokenizer.eos_id in row:
-            row = row[:row.index(tokenizer.eos_id)]
-        texts.append(prompt + tokenizer.decode(row))
-    return texts
-
-
 def main(argv):
     cli.no_extra_args(argv)
     engine, params, tokenizer, step = load_run(FLAGS.workdir, FLAGS.step)
-    texts = sample(engine, params, tokenizer, FLAGS.prompt, max_new_tokens=FLAGS.max_new_tokens,
-                   temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
-                   num_samples=FLAGS.num_samples, seed=FLAGS.seed)
+    from fmjax import sampling
+    texts = sampling.sample_texts(engine, params, tokenizer, FLAGS.prompt, max_new_tokens=FLAGS.max_new_tokens,
+                                    temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+                                    top_p=FLAGS.top_p, num_samples=FLAGS.num_samples,
+                                    seed=FLAGS.seed)
     for i, text in enumerate(texts):
         print(f"--- sample {i} (step {step}) ---\n{text}")
 

@@ -5,6 +5,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def filter_logits(logits_BV, temperature: float, top_k: int, top_p: float):
@@ -78,3 +79,22 @@ def greedy_without_cache(model, params, prompt_BP, max_new_tokens: int):
         return tokens_BL.at[:, p + i].set(next_B)
 
     return jax.lax.fori_loop(0, max_new_tokens, body, tokens_BL)[:, p:]
+
+
+def sample_texts(engine, params, tokenizer, prompt: str, *, max_new_tokens: int,
+                 temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0,
+                 num_samples: int = 1, seed: int = 0) -> list[str]:
+    """Continuations of `prompt` (which they start with), cut at the first end-of-document."""
+    ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
+    if engine.model_config.family == "gpt2":  # learned positions end at max_positions
+        max_new_tokens = max(0, min(max_new_tokens, engine.model_config.max_positions - len(ids)))
+    prompt_BP = np.asarray([ids] * num_samples, np.int32)
+    out_BN = np.asarray(generate(engine.model, jax.device_get(params), prompt_BP,
+                                 jax.random.PRNGKey(seed), max_new_tokens=max_new_tokens,
+                                 temperature=temperature, top_k=top_k, top_p=top_p))
+    texts = []
+    for row in out_BN.tolist():
+        if tokenizer.eos_id in row:
+            row = row[:row.index(tokenizer.eos_id)]
+        texts.append(prompt + tokenizer.decode(row))
+    return texts

@@ -77,20 +77,6 @@ def batch_hash(local_batch: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def sample_text(engine, params, tokenizer, prompt: str, max_new_tokens: int, seed: int) -> str:
-    cfg = engine.model_config
-    ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
-    max_new_tokens = max(0, min(max_new_tokens, cfg.max_positions - len(ids)))
-    prompt_BP = np.asarray([ids], np.int32)
-    host_params = jax.device_get(params)
-    out = np.asarray(sampling.generate(engine.model, host_params, prompt_BP,
-                                       jax.random.PRNGKey(seed), max_new_tokens=max_new_tokens,
-                                       temperature=0.0))[0].tolist()
-    if tokenizer.eos_id in out:
-        out = out[:out.index(tokenizer.eos_id)]
-    return prompt + tokenizer.decode(out)
-
-
 def train(config, workdir: str) -> Report:
     workdir = os.path.abspath(os.path.expanduser(workdir))
     is_main = jax.process_index() == 0
@@ -171,8 +157,9 @@ def train(config, workdir: str) -> Report:
     if not eval_metrics:
         eval_metrics = evaluate(engine, state.params, eval_batches)
 
-    sample = sample_text(engine, state.params, tokenizer, tr.sample_prompt, tr.sample_tokens,
-                         config.seed) if is_main else ""
+    sample = sampling.sample_texts(engine, state.params, tokenizer, tr.sample_prompt,
+                                   max_new_tokens=tr.sample_tokens, temperature=0.8, top_k=40,
+                                   seed=config.seed)[0] if is_main else ""
     tps = logger.median_tokens_per_sec()
     return Report(steps=int(state.step), train_loss=logger.last_loss,
                   eval_loss=eval_metrics["eval_loss"],
