@@ -19,6 +19,9 @@ def get_config():
     c.model.n_heads = 6
     c.model.dtype = "float32"
     c.model.param_dtype = "float32"
+    # Unrolled layers: 8% faster per step on CPU than nn.scan (no stacked per-layer residuals,
+    # fewer copies); 6 layers compile in a few seconds. No remat: activations fit easily.
+    c.model.scan_layers = False
     c.train.global_batch_size = 8
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1  # one device
     c.bench.warmup_steps = 3

@@ -6,8 +6,8 @@
   counting the full T x T square, PaLM appendix B.) Remat recomputation is not counted.
 
 MFU = achieved model FLOP/s / peak FLOP/s of the devices. Peaks come from the table below
-(dense bf16, per chip); on CPU the peak is measured at startup as the fp32 matmul throughput
-of this host (see `measure_cpu_peak`).
+(dense bf16, per chip); on CPU the peak is measured as the best fp32 matmul throughput of this
+host (see `CpuMatmulPeak`).
 """
 from __future__ import annotations
 
@@ -48,28 +48,56 @@ def device_peak(device) -> float | None:
     return None
 
 
-def measure_cpu_peak(n: int = 1536, reps: int = 7) -> float:
-    """fp32 matmul FLOP/s of this host: median over `reps` of an n x n x n product on one CPU
-    device (XLA uses every core for it)."""
-    dev = jax.devices("cpu")[0]
-    a = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((n, n)),
-                                   jnp.float32), dev)
-    mm = jax.jit(lambda x, y: x @ y)
-    mm(a, a).block_until_ready()
-    times = []
+class CpuMatmulPeak:
+    """Best fp32 matmul FLOP/s seen on this host: n x n x n products on one CPU device (XLA
+    uses every core for one product), over several sizes and repeated samples.
+
+    The MAX over sizes and samples is kept, so the peak is a best case: more samples can only
+    raise it (lower MFU). `sample()` can be called between timed steps, so that peak and step
+    see the same machine load (on a shared machine a peak measured once, at another moment,
+    can be off by 2x either way)."""
+
+    def __init__(self, sizes=(1024, 1536, 2048)):
+        dev = jax.devices("cpu")[0]
+        rng = np.random.default_rng(0)
+        mm = jax.jit(lambda x, y: x @ y)
+        self._cases = []
+        for n in sizes:
+            a, b = (jax.device_put(jnp.asarray(rng.standard_normal((n, n)), jnp.float32), dev)
+                    for _ in range(2))
+            mm(a, b).block_until_ready()  # compile + warm up
+            self._cases.append((n, a, b, mm))
+        self.best = 0.0
+        self.samples: list[float] = []
+
+    def sample(self) -> float:
+        """Times one product of each size; returns the best FLOP/s of this round."""
+        round_best = 0.0
+        for n, a, b, mm in self._cases:
+            t0 = time.perf_counter()
+            mm(a, b).block_until_ready()
+            round_best = max(round_best, 2.0 * n ** 3 / (time.perf_counter() - t0))
+        self.samples.append(round_best)
+        self.best = max(self.best, round_best)
+        return round_best
+
+
+def measure_cpu_peak(reps: int = 7) -> float:
+    """fp32 matmul FLOP/s of this host: the best of `reps` rounds of CpuMatmulPeak."""
+    probe = CpuMatmulPeak()
     for _ in range(reps):
-        t0 = time.perf_counter()
-        mm(a, a).block_until_ready()
-        times.append(time.perf_counter() - t0)
-    return 2.0 * n ** 3 / float(np.median(times))
+        probe.sample()
+    return probe.best
 
 
-def total_peak(devices=None) -> tuple[float, str]:
-    """(peak FLOP/s of the devices this process drives, description of where it came from)."""
+def total_peak(devices=None, cpu_probe: CpuMatmulPeak | None = None) -> tuple[float, str]:
+    """(peak FLOP/s of the devices this process drives, description of where it came from).
+    On CPU the peak is measured (or taken from `cpu_probe`, already sampled by the caller)."""
     devices = devices if devices is not None else jax.local_devices()
     if devices[0].platform == "cpu":
-        peak = measure_cpu_peak()
-        return peak, f"measured fp32 matmul {peak / 1e9:.1f} GFLOP/s (host)"
+        peak = cpu_probe.best if cpu_probe is not None else measure_cpu_peak()
+        return peak, (f"measured fp32 matmul {peak / 1e9:.1f} GFLOP/s (host, best n^3 product, "
+                      "n in 1024/1536/2048)")
     peak = device_peak(devices[0])
     if peak is None:
         return float("nan"), f"unknown device kind {devices[0].device_kind!r}"

@@ -1,6 +1,8 @@
 """The pure train and eval step functions: (state, batch) -> (state, metrics)."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -12,8 +14,15 @@ def _loss_sums(model, objective, z_loss, params, batch, rng, deterministic):
     """(ce + z sum, (ce sum, weight sum)) for one (micro)batch."""
     transform_rng, dropout_rng = jax.random.split(rng)
     example = objective.transform(batch, transform_rng)
-    logits_BTV = model.apply({"params": params}, **example["inputs"],
-                             deterministic=deterministic, rngs={"dropout": dropout_rng})
+    apply = functools.partial(model.apply, {"params": params}, **example["inputs"],
+                              deterministic=deterministic, rngs={"dropout": dropout_rng})
+    if z_loss == 0.0 and getattr(model, "supports_hidden_output", False):
+        # output layer fused into the loss: same sums, no [B, T, V] logits in memory
+        x_BTD, table_VD = apply(return_hidden=True)
+        ce = objectives.output_cross_entropy(x_BTD, table_VD, example["targets"],
+                                             example["weights"], model.cfg.vocab_size)
+        return ce, (ce, jnp.sum(example["weights"].astype(jnp.float32)))
+    logits_BTV = apply()
     ce, z, w = objectives.cross_entropy(logits_BTV, example["targets"], example["weights"], z_loss)
     return ce + z, (ce, w)
 

@@ -71,13 +71,21 @@ class ScannedBlock(Block):
 
 
 class Decoder(nn.Module):
-    """tokens [B, T] -> logits [B, T, V] (float32)."""
+    """tokens [B, T] -> logits [B, T, V] (float32).
+
+    With `return_hidden=True` (tied embeddings only) it returns (final hidden [B, T, D], the
+    embedding table [V_padded, D]) instead, so the loss can fuse the output layer
+    (`objectives.output_cross_entropy`) without materialising the logits."""
     cfg: object
     spec: DecoderSpec
 
+    @property
+    def supports_hidden_output(self) -> bool:
+        return bool(self.cfg.tie_embeddings)
+
     @nn.compact
     def __call__(self, tokens_BT, segment_ids_BT=None, positions_BT=None, *, decode=False,
-                 deterministic=True):
+                 deterministic=True, return_hidden=False):
         cfg, spec = self.cfg, self.spec
         dtype, param_dtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         if segment_ids_BT is None:
@@ -100,6 +108,11 @@ class Decoder(nn.Module):
         norm_kw = dict(eps=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype, name="final_norm")
         x_BTD = (layers.LayerNorm(use_bias=spec.use_bias, **norm_kw) if spec.norm == "layernorm"
                  else layers.RMSNorm(**norm_kw))(x_BTD)
+        if return_hidden:
+            if not cfg.tie_embeddings:
+                raise ValueError("return_hidden=True needs tied embeddings (the output table "
+                                 "is the embedding); compute logits instead")
+            return x_BTD, embed.embedding.astype(dtype)
         if cfg.tie_embeddings:
             logits_BTV = embed.attend(x_BTD)
         else:

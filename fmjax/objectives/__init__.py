@@ -8,6 +8,7 @@ and the shared loss below works on what it returns. A new objective is one file
 """
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any, Callable
 
@@ -51,3 +52,97 @@ def cross_entropy(logits_BTV, targets_BT, weights_BT, z_loss: float = 0.0):
     ce_sum = jnp.sum((lse_BT - target_logit_BT) * weights_BT)
     z_sum = z_loss * jnp.sum(jnp.square(lse_BT) * weights_BT)
     return ce_sum, z_sum, jnp.sum(weights_BT)
+
+
+def _chunk_len(batch: int, length: int, target_tokens: int = 256) -> int:
+    """Largest divisor of `length` with batch x chunk <= target_tokens (at least 1)."""
+    best = 1
+    for c in range(1, length + 1):
+        if length % c == 0 and batch * c <= target_tokens:
+            best = c
+    return best
+
+
+def _output_logits(x_BCD, table_VD, num_classes: int):
+    logits_BCV = jnp.einsum("bcd,vd->bcv", x_BCD, table_VD, preferred_element_type=jnp.float32)
+    if num_classes < table_VD.shape[0]:  # padded embedding rows never win
+        real_V = jnp.arange(table_VD.shape[0]) < num_classes
+        logits_BCV = jnp.where(real_V, logits_BCV, -jnp.inf)
+    return logits_BCV
+
+
+def _ce_chunk(x_BCD, table_VD, targets_BC, weights_BC, num_classes: int):
+    """(weighted CE sum, d sum / d logits) of one chunk of positions."""
+    logits_BCV = _output_logits(x_BCD, table_VD, num_classes)
+    max_BC1 = jnp.max(logits_BCV, axis=-1, keepdims=True)
+    unnorm_BCV = jnp.exp(logits_BCV - max_BC1)
+    sum_BC1 = jnp.sum(unnorm_BCV, axis=-1, keepdims=True)
+    lse_BC = (max_BC1 + jnp.log(sum_BC1))[..., 0]
+    onehot_BCV = jnp.arange(table_VD.shape[0]) == targets_BC[..., None]
+    target_logit_BC = jnp.sum(jnp.where(onehot_BCV, logits_BCV, 0.0), axis=-1)
+    ce_sum = jnp.sum((lse_BC - target_logit_BC) * weights_BC)
+    probs_BCV = unnorm_BCV * (1.0 / sum_BC1)
+    dlogits_BCV = (probs_BCV - onehot_BCV) * weights_BC[..., None]
+    return ce_sum, dlogits_BCV
+
+
+def _scan_chunks(x_BTD, targets_BT, weights_BT, body, init):
+    """Runs body(carry, (x_BCD, targets_BC, weights_BC)) over chunks of the length axis (the
+    batch axis stays whole, so batch-sharded inputs need no gathering)."""
+    b, t, d = x_BTD.shape
+    c = _chunk_len(b, t)
+
+    def split(a):  # [B, T, ...] -> [T/C, B, C, ...]
+        return jnp.swapaxes(a.reshape(b, t // c, c, *a.shape[2:]), 0, 1)
+
+    carry, ys = jax.lax.scan(body, init, (split(x_BTD), split(targets_BT),
+                                          split(weights_BT.astype(jnp.float32))))
+    return carry, ys
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def output_cross_entropy(x_BTD, table_VD, targets_BT, weights_BT, num_classes: int):
+    """Weighted CE sum of logits x @ table^T (first `num_classes` rows), never materialising
+    the [B, T, V] logits: equal to cross_entropy(x @ table.T, ...)[0].
+
+    Why: for a small model on CPU the output layer is a third of the step. Done whole, its
+    [B, T, V] logits, softmax and gradient each make a round trip through DRAM and XLA adds
+    a transposed copy for the table gradient. Here a scan over chunks of ~256 positions keeps
+    each chunk's logits in cache, and the forward pass (when differentiated) already forms
+    the gradients, so the backward pass is a scaling."""
+    def body(ce, chunk):
+        x_BCD, targets_BC, weights_BC = chunk
+        logits_BCV = _output_logits(x_BCD, table_VD, num_classes)
+        lse_BC = jax.nn.logsumexp(logits_BCV, axis=-1)
+        target_BC = jnp.take_along_axis(logits_BCV, targets_BC[..., None], axis=-1)[..., 0]
+        return ce + jnp.sum((lse_BC - target_BC) * weights_BC), None
+    ce, _ = _scan_chunks(x_BTD, targets_BT, weights_BT, body, jnp.zeros((), jnp.float32))
+    return ce
+
+
+def _output_ce_fwd(x_BTD, table_VD, targets_BT, weights_BT, num_classes):
+    def body(carry, chunk):
+        ce, dtable_DV = carry
+        x_BCD, targets_BC, weights_BC = chunk
+        ce_chunk, dlogits_BCV = _ce_chunk(x_BCD, table_VD, targets_BC, weights_BC, num_classes)
+        dx_BCD = jnp.einsum("bcv,vd->bcd", dlogits_BCV, table_VD.astype(jnp.float32))
+        # table gradient accumulated as x^T @ dlogits ([D, V], a row-major GEMM after a
+        # transpose of the small x chunk), transposed once after the loop
+        dtable_DV = dtable_DV + jnp.einsum("bcd,bcv->dv", x_BCD.astype(jnp.float32),
+                                           dlogits_BCV)
+        return (ce + ce_chunk, dtable_DV), dx_BCD
+
+    d, v = table_VD.shape[1], table_VD.shape[0]
+    init = (jnp.zeros((), jnp.float32), jnp.zeros((d, v), jnp.float32))
+    (ce, dtable_DV), dx_NBCD = _scan_chunks(x_BTD, targets_BT, weights_BT, body, init)
+    b, t = targets_BT.shape
+    dx_BTD = jnp.swapaxes(dx_NBCD, 0, 1).reshape(b, t, d)
+    return ce, (dx_BTD.astype(x_BTD.dtype), jnp.transpose(dtable_DV).astype(table_VD.dtype))
+
+
+def _output_ce_bwd(num_classes, res, g):
+    dx_BTD, dtable_VD = res
+    return dx_BTD * g.astype(dx_BTD.dtype), dtable_VD * g.astype(dtable_VD.dtype), None, None
+
+
+output_cross_entropy.defvjp(_output_ce_fwd, _output_ce_bwd)
