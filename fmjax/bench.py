@@ -76,6 +76,7 @@ def run_bench(config) -> dict:
             "tokens_per_sec": tps, "model_tflops_per_step": fpt * b * t / 1e12,
             "achieved_gflops": fpt * tps / 1e9, "peak_gflops": peak / 1e9, "peak": peak_desc,
             "mfu": fpt * tps / peak, "mfu_convention": "6N + 12LdT FLOPs per token",
+            "cpu_peak_samples_gflops": [p / 1e9 for p in cpu_probe.samples] if cpu_probe else [],
             "peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 

@@ -95,7 +95,7 @@ def total_peak(devices=None, cpu_probe: CpuMatmulPeak | None = None) -> tuple[fl
     On CPU the peak is measured (or taken from `cpu_probe`, already sampled by the caller)."""
     devices = devices if devices is not None else jax.local_devices()
     if devices[0].platform == "cpu":
-        peak = cpu_probe.best if cpu_probe is not None else measure_cpu_peak()
+        peak = cpu_probe.best if cpu_probe is not None and cpu_probe.best else measure_cpu_peak()
         return peak, (f"measured fp32 matmul {peak / 1e9:.1f} GFLOP/s (host, best n^3 product, "
                       "n in 1024/1536/2048)")
     peak = device_peak(devices[0])

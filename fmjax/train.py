@@ -11,7 +11,10 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
     cli.no_extra_args(argv)
-    from fmjax import trainer
+    import jax
+    from fmjax import cpu_runtime, trainer
+    if jax.default_backend() == "cpu":
+        cpu_runtime.configure()  # keep XLA:CPU's per-step temporaries mapped (see the module)
     report = trainer.train(cli.load_config(), FLAGS.workdir)
     print(report.text(), flush=True)
 

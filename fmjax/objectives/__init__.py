@@ -54,7 +54,7 @@ def cross_entropy(logits_BTV, targets_BT, weights_BT, z_loss: float = 0.0):
     return ce_sum, z_sum, jnp.sum(weights_BT)
 
 
-def _chunk_len(batch: int, length: int, target_tokens: int = 256) -> int:
+def _chunk_len(batch: int, length: int, target_tokens: int = 512) -> int:
     """Largest divisor of `length` with batch x chunk <= target_tokens (at least 1)."""
     best = 1
     for c in range(1, length + 1):
@@ -105,11 +105,12 @@ def output_cross_entropy(x_BTD, table_VD, targets_BT, weights_BT, num_classes: i
     """Weighted CE sum of logits x @ table^T (first `num_classes` rows), never materialising
     the [B, T, V] logits: equal to cross_entropy(x @ table.T, ...)[0].
 
-    Why: for a small model on CPU the output layer is a third of the step. Done whole, its
-    [B, T, V] logits, softmax and gradient each make a round trip through DRAM and XLA adds
-    a transposed copy for the table gradient. Here a scan over chunks of ~256 positions keeps
-    each chunk's logits in cache, and the forward pass (when differentiated) already forms
-    the gradients, so the backward pass is a scaling."""
+    Used by the train step when there is no z-loss and the output layer is the (tied)
+    embedding. Why: for a small model the output layer is a fifth of the FLOPs, and done
+    whole its [B, T, V] logits, softmax and gradient each make a round trip through DRAM and
+    XLA:CPU adds a transposed copy of the logits gradient for the table gradient. Here a scan
+    over chunks of ~512 positions keeps each chunk's logits in cache, and the forward pass
+    (when differentiated) already forms the gradients, so the backward pass is a scaling."""
     def body(ce, chunk):
         x_BCD, targets_BC, weights_BC = chunk
         logits_BCV = _output_logits(x_BCD, table_VD, num_classes)
@@ -125,11 +126,13 @@ def _output_ce_fwd(x_BTD, table_VD, targets_BT, weights_BT, num_classes):
         ce, dtable_DV = carry
         x_BCD, targets_BC, weights_BC = chunk
         ce_chunk, dlogits_BCV = _ce_chunk(x_BCD, table_VD, targets_BC, weights_BC, num_classes)
-        dx_BCD = jnp.einsum("bcv,vd->bcd", dlogits_BCV, table_VD.astype(jnp.float32))
+        dlogits_BCV = dlogits_BCV.astype(x_BCD.dtype)  # GEMMs in the compute dtype, as autodiff
+        dx_BCD = jnp.einsum("bcv,vd->bcd", dlogits_BCV, table_VD,
+                            preferred_element_type=jnp.float32)
         # table gradient accumulated as x^T @ dlogits ([D, V], a row-major GEMM after a
         # transpose of the small x chunk), transposed once after the loop
-        dtable_DV = dtable_DV + jnp.einsum("bcd,bcv->dv", x_BCD.astype(jnp.float32),
-                                           dlogits_BCV)
+        dtable_DV = dtable_DV + jnp.einsum("bcd,bcv->dv", x_BCD, dlogits_BCV,
+                                           preferred_element_type=jnp.float32)
         return (ce + ce_chunk, dtable_DV), dx_BCD
 
     d, v = table_VD.shape[1], table_VD.shape[0]
