@@ -43,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.param_dtype = "float32"  # storage dtype of parameters and optimizer state
     m.scan_layers = True  # nn.scan over blocks: one compiled block, fast compile for deep models
     m.remat_policy = "none"  # none | full | dots | dots_no_batch | save_qkv_proj | minimal
-    m.attention_impl = "xla"  # jax.nn.dot_product_attention implementation: xla | cudnn
+    m.attention_impl = "auto"  # auto (fmjax on CPU, else xla) | fmjax (layers.attention_core) | xla | cudnn (jax.nn.dot_product_attention)
     m.init_std = 0.02  # normal init std of weight matrices
     m.vocab_multiple = 1  # pad embedding rows to a multiple (speed); 1 keeps published counts
 
@@ -206,8 +206,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     if m.remat_policy not in REMAT_POLICIES:
         _fail("model.remat_policy", m.remat_policy, "unknown policy",
               f"use one of {', '.join(REMAT_POLICIES)}")
-    if m.attention_impl not in ("xla", "cudnn"):
-        _fail("model.attention_impl", m.attention_impl, "unknown implementation", "use xla or cudnn")
+    if m.attention_impl not in ("auto", "fmjax", "xla", "cudnn"):
+        _fail("model.attention_impl", m.attention_impl, "unknown implementation",
+              "use auto, fmjax, xla or cudnn")
     for field in ("dtype", "param_dtype"):
         if m[field] not in ("float32", "bfloat16", "float16"):
             _fail(f"model.{field}", m[field], "unsupported dtype", "use float32 or bfloat16")

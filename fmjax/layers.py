@@ -273,7 +273,7 @@ class Attention(nn.Module):
     dropout: float = 0.0
     init_std: float = 0.02
     out_init_std: float = 0.02
-    implementation: str = "xla"
+    implementation: str = "auto"  # auto | fmjax | xla | cudnn
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -324,7 +324,7 @@ class Attention(nn.Module):
 
         if self.dropout > 0 and not deterministic:
             out_BTHK = self._attend_with_dropout(q_BTHK, k_BSGK, v_BSGK, mask_B1TS)
-        elif self.implementation == "xla":
+        elif self._use_fmjax_core():
             groups = self.n_heads // self.n_kv_heads
             k_BSHK = jnp.repeat(k_BSGK.astype(q_BTHK.dtype), groups, axis=2)
             v_BSHK = jnp.repeat(v_BSGK.astype(q_BTHK.dtype), groups, axis=2)
@@ -332,12 +332,20 @@ class Attention(nn.Module):
         else:
             out_BTHK = jax.nn.dot_product_attention(
                 q_BTHK, k_BSGK.astype(q_BTHK.dtype), v_BSGK.astype(q_BTHK.dtype),
-                mask=mask_B1TS, implementation=self.implementation)
+                mask=mask_B1TS,
+                implementation=None if self.implementation in ("xla", "auto") else "cudnn")
         out_BTHK = constrain(out_BTHK, "batch", "length", "heads", "head_dim")
         out = Dense((x_BTD.shape[-1],), ("heads", "head_dim"), ("embed",), use_bias=self.use_bias,
                     init_std=self.out_init_std, dtype=self.dtype, param_dtype=self.param_dtype,
                     name="out")(out_BTHK)
         return checkpoint_name(out, "attention_out")
+
+    def _use_fmjax_core(self) -> bool:
+        """`auto` takes fmjax's own attention (hand-written backward, batch chunks) on CPU, where
+        it is measured faster, and jax.nn.dot_product_attention's XLA path elsewhere."""
+        if self.implementation == "auto":
+            return jax.default_backend() == "cpu"
+        return self.implementation == "fmjax"
 
     def _attend_with_dropout(self, q_BTHK, k_BSGK, v_BSGK, mask_B1TS):
         groups = self.n_heads // self.n_kv_heads
