@@ -63,7 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.tfds_data_dir = os.path.join("~", ".cache", "fmjax", "tfds")  # array_record cache
     d.validation_percent = 5  # stdlib/local_text: % of documents held out, by path hash
     d.shuffle = True  # shuffle training documents (seeded; order = f(seed, epoch, index))
-    d.shuffle_buffer = 256  # packed rows mixed across documents in a seeded window
+    d.shuffle_buffer = 4096  # packed rows mixed in a seeded window: long files span hundreds of rows
     d.num_workers = 0  # grain worker processes (0 = in the main process)
     d.ledger = False  # write a hash of every global batch to WORKDIR/ledger.jsonl
 
