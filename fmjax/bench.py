@@ -27,9 +27,8 @@ def mesh_devices(config):
 
 
 def run_bench(config) -> dict:
-    from fmjax import engine as engine_lib, flops, mesh as mesh_lib, models
+    from fmjax import config as config_lib, engine as engine_lib, flops, mesh as mesh_lib
     devices = mesh_devices(config)
-    from fmjax import config as config_lib
     config_lib.validate(config, num_devices=len(devices))
     mesh = mesh_lib.make_mesh(config, devices)
     engine = engine_lib.build(config, mesh)
@@ -61,7 +60,7 @@ def run_bench(config) -> dict:
     step_s = float(np.median(times))
 
     n = engine.num_params()
-    fpt = flops.flops_per_token(cfg, n, models.get_family(cfg.family).position_params(cfg))
+    fpt = engine.flops_per_token()
     peak, peak_desc = flops.total_peak(devices, cpu_probe)
     tps = b * t / step_s
     return {"config": {"family": cfg.family, "layers": cfg.n_layers, "d_model": cfg.d_model,

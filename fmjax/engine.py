@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 
 from fmjax import mesh as mesh_lib
-from fmjax import models, objectives, optim, state as state_lib, step as step_lib
+from fmjax import flops, models, objectives, optim, state as state_lib, step as step_lib
 
 
 @dataclasses.dataclass
@@ -31,6 +31,12 @@ class Engine:
 
     def num_params(self) -> int:
         return state_lib.count_params(self.abstract_state.params)
+
+    def flops_per_token(self) -> float:
+        """Model FLOPs per trained token, fmjax's MFU convention (fmjax/flops.py)."""
+        cfg = self.model_config
+        position_params = models.get_family(cfg.family).position_params(cfg)
+        return flops.flops_per_token(cfg, self.num_params(), position_params)
 
     def run_train_step(self, state, batch):
         with mesh_lib.activate(self.mesh):

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fmjax import objectives
+from fmjax import mesh as mesh_lib, objectives
 
 
 def _loss_sums(model, objective, z_loss, params, batch, rng, deterministic):
@@ -73,13 +73,10 @@ def make_eval_step(model, objective):
 
 
 def jit_train_step(train_step, state_shardings, batch_sharding, mesh):
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    repl = NamedSharding(mesh, P())
     return jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                   out_shardings=(state_shardings, repl), donate_argnums=0)
+                   out_shardings=(state_shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
 
 
 def jit_eval_step(eval_step, params_shardings, batch_sharding, mesh):
-    from jax.sharding import NamedSharding, PartitionSpec as P
     return jax.jit(eval_step, in_shardings=(params_shardings, batch_sharding),
-                   out_shardings=NamedSharding(mesh, P()))
+                   out_shardings=mesh_lib.replicated(mesh))

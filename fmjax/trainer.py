@@ -13,7 +13,7 @@ import shutil
 import jax
 import numpy as np
 
-from fmjax import checkpoint, engine as engine_lib, flops, mesh as mesh_lib, models, sampling
+from fmjax import checkpoint, engine as engine_lib, flops, mesh as mesh_lib, sampling
 from fmjax import config as config_lib
 from fmjax.data import pipeline, tokenizer as tokenizer_lib
 from fmjax.metrics import MetricsWriter, StepLogger
@@ -107,9 +107,7 @@ def train(config, workdir: str) -> Report:
             shutil.copyfile(tokenizer.path, checkpoint.tokenizer_path(workdir))
 
     num_params = engine.num_params()
-    family = models.get_family(engine.model_config.family)
-    fpt = flops.flops_per_token(engine.model_config, num_params,
-                                family.position_params(engine.model_config))
+    fpt = engine.flops_per_token()
     peak, peak_desc = flops.total_peak()
     peak *= jax.process_count()
     tokens_per_step = tr.global_batch_size * engine.model_config.seq_len

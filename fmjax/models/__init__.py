@@ -6,12 +6,11 @@ imported on first use of that name, so there is no central list to edit.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Callable
 
 import flax.linen as nn
 
-from fmjax.config import ConfigError
+from fmjax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,26 +49,15 @@ class Family:
     position_params: Callable[[ModelConfig], int] = lambda cfg: 0  # excluded from 6N in MFU
 
 
-_FAMILIES: dict[str, Family] = {}
+FAMILIES: Registry[Family] = Registry("fmjax.models", "model.family", "model family")
 
 
 def register(family: Family) -> Family:
-    _FAMILIES[family.name] = family
-    return family
+    return FAMILIES.register(family.name, family)
 
 
 def get_family(name: str) -> Family:
-    if name not in _FAMILIES:
-        try:
-            importlib.import_module(f"fmjax.models.{name}")
-        except ModuleNotFoundError:
-            pass
-    if name not in _FAMILIES:
-        from fmjax.config import did_you_mean
-        known = sorted(_FAMILIES) or ["gpt2", "llama"]
-        raise ConfigError(f"config.model.family = {name!r}: no such model family; add "
-                          f"fmjax/models/{name}.py or use one of {known}.{did_you_mean(name, known)}")
-    return _FAMILIES[name]
+    return FAMILIES.get(name)
 
 
 def resolve(model_config) -> ModelConfig:

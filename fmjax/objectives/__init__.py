@@ -9,38 +9,26 @@ and the shared loss below works on what it returns. A new objective is one file
 from __future__ import annotations
 
 import functools
-import importlib
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
-from fmjax.config import ConfigError, did_you_mean
+from fmjax.registry import Registry
 
-_OBJECTIVES: dict[str, Callable[[Any], Any]] = {}
+OBJECTIVES: Registry[Callable[[Any], Any]] = Registry("fmjax.objectives", "objective",
+                                                      "objective")
 
 
 def register(name: str):
     """Decorator for a factory `config -> objective`."""
     def wrap(factory):
-        _OBJECTIVES[name] = factory
-        return factory
+        return OBJECTIVES.register(name, factory)
     return wrap
 
 
 def get(config):
-    name = config.objective
-    if name not in _OBJECTIVES:
-        try:
-            importlib.import_module(f"fmjax.objectives.{name}")
-        except ModuleNotFoundError:
-            pass
-    if name not in _OBJECTIVES:
-        known = sorted(_OBJECTIVES) or ["causal_lm"]
-        raise ConfigError(f"config.objective = {name!r}: no such objective; add "
-                          f"fmjax/objectives/{name}.py or use one of {known}."
-                          f"{did_you_mean(name, known)}")
-    return _OBJECTIVES[name](config)
+    return OBJECTIVES.get(config.objective)(config)
 
 
 def cross_entropy(logits_BTV, targets_BT, weights_BT, z_loss: float = 0.0):
@@ -114,9 +102,7 @@ def output_cross_entropy(x_BTD, table_VD, targets_BT, weights_BT, num_classes: i
     def body(ce, chunk):
         x_BCD, targets_BC, weights_BC = chunk
         logits_BCV = _output_logits(x_BCD, table_VD, num_classes)
-        lse_BC = jax.nn.logsumexp(logits_BCV, axis=-1)
-        target_BC = jnp.take_along_axis(logits_BCV, targets_BC[..., None], axis=-1)[..., 0]
-        return ce + jnp.sum((lse_BC - target_BC) * weights_BC), None
+        return ce + cross_entropy(logits_BCV, targets_BC, weights_BC)[0], None
     ce, _ = _scan_chunks(x_BTD, targets_BT, weights_BT, body, jnp.zeros((), jnp.float32))
     return ce
 
