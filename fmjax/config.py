@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0  # root of every random choice: params init, dropout, data order
     c.objective = "causal_lm"  # registered objective name (fmjax/objectives/)
     c.allow_config_change = False  # resume even if model/data keys differ from the checkpoint
+    c.init_from = ""  # finetune: pretrain workdir, one of its checkpoint step dirs, or an export
 
     c.model = m = ml_collections.ConfigDict()
     m.family = "gpt2"  # registered model family (fmjax/models/): gpt2 | llama
@@ -66,6 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
     d.shuffle_buffer = 4096  # packed rows mixed in a seeded window: long files span hundreds of rows
     d.num_workers = 0  # grain worker processes (0 = in the main process)
     d.ledger = False  # write a hash of every global batch to WORKDIR/ledger.jsonl
+    d.label_field = "label"  # classification sources: feature holding the integer class
+    d.max_examples = 0  # classification sources: cap on examples read per split (0 = all)
 
     c.train = tr = ml_collections.ConfigDict()
     tr.steps = 300  # optimizer updates
@@ -75,7 +78,12 @@ def base_config() -> ml_collections.ConfigDict:
     tr.eval_every = 100  # steps between validation passes (0 = only at the end)
     tr.eval_batches = 8  # global validation batches per pass
     tr.checkpoint_every = 100  # steps between checkpoints (the last step is always saved)
+    tr.checkpoint_every_minutes = 0.0  # also checkpoint when this much time passed (0 = off)
     tr.keep_checkpoints = 3  # most recent checkpoints kept on disk
+    tr.keep_period = 0  # also keep every checkpoint whose step is a multiple of this (0 = none)
+    tr.async_checkpoints = True  # write checkpoints in a background thread while training goes on
+    tr.preemption_grace_seconds = 120.0  # SIGTERM/SIGINT: time allowed to stop and save
+    tr.on_nonfinite = "stop"  # NaN/inf loss: stop (exit non-zero) | skip (drop that update)
     tr.sample_prompt = "def "  # prompt of the sample printed in the final report
     tr.sample_tokens = 64  # new tokens in that sample (temperature 0.8, top-k 40, seeded)
 
@@ -95,6 +103,19 @@ def base_config() -> ml_collections.ConfigDict:
     o.decay_embeddings = False  # apply weight decay to embedding tables
     o.clip_norm = 1.0  # global gradient-norm clip (0 = off)
     o.z_loss = 0.0  # coefficient of log(Z)^2 auxiliary loss (PaLM uses 1e-4)
+
+    c.task = tk = ml_collections.ConfigDict()
+    tk.name = "lm"  # finetune task: lm (causal LM, prompt tokens masked) | classification
+    tk.num_classes = 0  # classification: number of labels; 0 = read from the dataset
+    tk.prompt_field = "prompt"  # lm on .jsonl records: the conditioning text (no loss on it)
+    tk.completion_field = "completion"  # lm on .jsonl records: the text that is trained on
+    tk.select_metric = "eval_loss"  # finetune: metric that picks the kept best checkpoint
+    tk.patience = 0  # finetune: stop after this many evals without improvement (0 = never)
+
+    c.lora = lr = ml_collections.ConfigDict()
+    lr.rank = 0  # low-rank adapter rank; 0 = train every weight (full fine-tuning)
+    lr.alpha = 16.0  # adapter scale is alpha / rank
+    lr.targets = "query,key,value,out,up,gate,down"  # Dense module names whose kernels get adapters
 
     c.mesh = ms = ml_collections.ConfigDict()
     ms.data = -1  # data-parallel axis size; -1 fills the devices left
