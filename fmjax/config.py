@@ -267,6 +267,11 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
         _fail("train.global_batch_size", tr.global_batch_size,
               f"not divisible by mesh data*fsdp ({batch_shards}) x train.microbatches "
               f"({tr.microbatches})", f"use a multiple of {batch_shards * tr.microbatches}")
+    if tr.on_nonfinite not in ("stop", "skip"):
+        _fail("train.on_nonfinite", tr.on_nonfinite, "unknown policy", "use stop or skip")
+    if tr.keep_checkpoints < 2:
+        _fail("train.keep_checkpoints", tr.keep_checkpoints,
+              "a damaged newest checkpoint needs an older one to fall back to", "keep at least 2")
     for field in ("steps", "log_every"):
         if tr[field] <= 0:
             _fail(f"train.{field}", tr[field], "must be positive", f"set --config.train.{field}")

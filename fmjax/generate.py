@@ -19,19 +19,21 @@ flags.mark_flag_as_required("workdir")
 
 
 def load_run(workdir: str, step: int | None = None):
-    """(engine, params, tokenizer, step) of a training run's checkpoint, on all local devices."""
+    """(engine, params, tokenizer, step) of a training run's checkpoint (params only, verified
+    against its checksums), on all local devices."""
+    import os
     from fmjax import checkpoint, config as config_lib, engine as engine_lib, mesh as mesh_lib
     from fmjax.data import tokenizer as tokenizer_lib
-    config = config_lib.from_json_dict(checkpoint.read_config(workdir, step))
+    source = workdir if step is None else os.path.join(checkpoint.checkpoint_dir(workdir), str(step))
+    directory, _ = checkpoint.resolve_params_source(source)
+    config = config_lib.from_json_dict(checkpoint.read_config(workdir, int(os.path.basename(directory))))
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
     config.tokenizer.path = checkpoint.tokenizer_path(workdir)
     tokenizer = tokenizer_lib.ensure_tokenizer(config)
     engine = engine_lib.build(config, mesh_lib.make_mesh(config))
-    manager = checkpoint.make_manager(workdir, async_save=False)
-    step = manager.latest_step() if step is None else step
-    state, _ = checkpoint.restore(manager, step, engine.abstract_state, engine.shardings)
-    manager.close()
-    return engine, state.params, tokenizer, step
+    params, _, _ = checkpoint.load_params(directory, engine.abstract_state.params,
+                                          engine.shardings.params)
+    return engine, params, tokenizer, int(os.path.basename(directory))
 
 
 def main(argv):

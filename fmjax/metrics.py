@@ -41,8 +41,12 @@ class MetricsWriter:
         rate = steps_done_here / elapsed if elapsed > 0 else 0.0
         eta = (self.total_steps - step) / rate if rate > 0 else float("nan")
         line = (f"step {step}/{self.total_steps} loss {m['loss']:.4f} lr {m['learning_rate']:.2e} "
-                f"gnorm {m['grad_norm']:.3f} tok/s {m['tokens_per_sec']:,.0f} "
-                f"mfu {100 * m['mfu']:.1f}% eta {_fmt_time(eta)}")
+                f"gnorm {m['grad_norm']:.3f}")
+        if "tokens_per_sec" in m:
+            line += (f" tok/s {m['tokens_per_sec']:,.0f} mfu {100 * m['mfu']:.1f}% "
+                     f"eta {_fmt_time(eta)}")
+        if m.get("skipped"):
+            line += " (non-finite: update skipped)"
         if self.tty:
             width = 20
             filled = int(width * step / max(self.total_steps, 1))
@@ -74,8 +78,11 @@ class StepLogger:
     """Pulls each step's metrics to the host one step late (so dispatch stays asynchronous),
     times the steps between pulls, and every `log_every` steps writes a row and a progress line.
 
-    The first pulled step includes compilation and only starts the clock; `restart_clock()`
-    after an evaluation or other pause keeps it out of the throughput."""
+    Every logged row holds that one step's own loss, grad_norm and learning_rate (no averaging),
+    so a resumed run's rows equal an uninterrupted run's. The first pulled step includes
+    compilation: it is logged but only starts the throughput clock; `restart_clock()` after an
+    evaluation or other pause keeps that pause out of the throughput. `nonfinite_step` is the
+    first step whose loss was NaN or inf."""
 
     def __init__(self, writer: MetricsWriter, *, log_every: int, total_steps: int, start_step: int,
                  tokens_per_step: int, flops_per_token: float, peak_flops: float):
@@ -85,6 +92,7 @@ class StepLogger:
         self.pending = None  # (step, metrics still on device)
         self.clock, self.timed_steps = None, 0
         self.last_loss = float("nan")
+        self.nonfinite_step: int | None = None
         self.throughputs: list[float] = []
 
     def push(self, step: int, device_metrics: dict):
@@ -99,19 +107,22 @@ class StepLogger:
         m = {k: float(v) for k, v in device_metrics.items()}  # blocks until the step is done
         now = time.perf_counter()
         self.last_loss = m["loss"]
-        if self.clock is None:
-            self.clock, self.timed_steps = now, 0
-            return
-        self.timed_steps += 1
-        if step % self.log_every and step != self.total_steps:
-            return
-        tokens_per_sec = self.timed_steps * self.tokens_per_step / (now - self.clock)
+        if not math.isfinite(m["loss"]) and self.nonfinite_step is None:
+            self.nonfinite_step = step
         m.pop("target_tokens", None)
-        m.update(tokens_per_sec=tokens_per_sec, mfu=self.mfu(tokens_per_sec))
-        self.throughputs.append(tokens_per_sec)
-        self.writer.write(step, m)
-        self.writer.progress(step, m, step - self.start_step)
-        self.clock, self.timed_steps = now, 0
+        first = self.clock is None
+        if not first:
+            self.timed_steps += 1
+        if step % self.log_every == 0 or step == self.total_steps or not math.isfinite(m["loss"]):
+            if not first:
+                tokens_per_sec = self.timed_steps * self.tokens_per_step / (now - self.clock)
+                m.update(tokens_per_sec=tokens_per_sec, mfu=self.mfu(tokens_per_sec))
+                self.throughputs.append(tokens_per_sec)
+            self.writer.write(step, m)
+            self.writer.progress(step, m, step - self.start_step)
+            self.clock, self.timed_steps = now, 0
+        elif first:
+            self.clock, self.timed_steps = now, 0
 
     def restart_clock(self):
         self.flush()

@@ -37,6 +37,7 @@ def _split_microbatches(batch, m: int):
 def make_train_step(model, objective, tx, schedule, config):
     z_loss, m = config.optim.z_loss, config.train.microbatches
     deterministic = config.model.dropout == 0.0
+    skip_nonfinite = config.train.on_nonfinite == "skip"
     grad_fn = jax.value_and_grad(
         lambda p, b, r: _loss_sums(model, objective, z_loss, p, b, r, deterministic), has_aux=True)
 
@@ -59,6 +60,11 @@ def make_train_step(model, objective, tx, schedule, config):
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": ce / w, "grad_norm": optax.global_norm(grads),
                    "learning_rate": schedule(state.step), "target_tokens": w}
+        if skip_nonfinite:  # a NaN/inf loss or gradient leaves params and optimizer as they were
+            finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+            metrics["skipped"] = (~finite).astype(jnp.int32)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 

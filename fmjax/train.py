@@ -15,7 +15,11 @@ def main(argv):
     from fmjax import cpu_runtime, trainer
     if jax.default_backend() == "cpu":
         cpu_runtime.configure()  # keep XLA:CPU's per-step temporaries mapped (see the module)
-    report = trainer.train(cli.load_config(), FLAGS.workdir)
+    from fmjax.loop import NonFiniteLoss
+    try:
+        report = trainer.train(cli.load_config(), FLAGS.workdir)
+    except NonFiniteLoss as e:
+        raise SystemExit(f"error: {e}")
     print(report.text(), flush=True)
 
 

@@ -1,0 +1,249 @@
+"""The training loop shared by pretraining (fmjax.trainer) and fine-tuning (fmjax.finetuner):
+restore or init -> steps -> log / evaluate / checkpoint hooks -> stop cleanly.
+
+What it guarantees:
+  * resume: the newest checkpoint that verifies is restored (state, data iterator), so the
+    per-step losses of a killed-and-restarted run equal an uninterrupted run's bit for bit;
+  * checkpoints every `train.checkpoint_every` steps and/or `train.checkpoint_every_minutes`
+    (asynchronous), and always at the last step, committed before `run` returns;
+  * preemption: SIGTERM/SIGINT stops after the current step (an evaluation in progress is
+    abandoned), saves that step synchronously and returns with `preempted=True`;
+  * a NaN/inf loss stops the run (`NonFiniteLoss`, naming the step and the last good checkpoint)
+    before anything poisoned is saved, unless `train.on_nonfinite = "skip"`.
+The train step itself stays a pure function of (state, batch); everything stateful is here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from fmjax import checkpoint, flops
+from fmjax import config as config_lib
+from fmjax.data import pipeline
+from fmjax.metrics import MetricsWriter, StepLogger
+from fmjax.preemption import StopRequest
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf and `train.on_nonfinite` is "stop"."""
+
+
+class EvalAbandoned(Exception):
+    """Raised inside an evaluation when a stop was requested."""
+
+
+@dataclasses.dataclass
+class Plan:
+    """What a run trains and how it is measured; built by trainer.py or finetuner.py."""
+    engine: Any  # fmjax.engine.Engine
+    train_iter: Any  # checkpointable grain iterator of local batches
+    init_state: Callable[[], Any]  # fresh state (called only when no checkpoint exists)
+    evaluate: Callable[[Any, Callable[[], bool]], dict]  # (params, abandon?) -> eval metrics
+    tokenizer_bytes: bytes  # saved in every checkpoint
+    flops_per_token: float
+    tokens_per_step: int
+    on_eval: Callable[[int, dict, Any], None] = lambda step, metrics, state: None
+
+
+@dataclasses.dataclass
+class Result:
+    state: Any
+    step: int
+    start_step: int
+    eval_metrics: dict
+    logger: StepLogger
+    peak_desc: str
+    preempted: bool
+
+
+def check_resume_config(saved: dict, config) -> None:
+    """Shapes must match the checkpoint (always refused: the arrays could not restore); a
+    different data order or optimizer setting is refused unless config.allow_config_change."""
+    old = config_lib.from_json_dict(saved)
+    shapes = config_lib.diff(old, config, config_lib.SHAPE_KEYS)
+    if shapes:
+        raise config_lib.ConfigError(
+            "the workdir's checkpoint has different parameter shapes: " + "; ".join(shapes)
+            + ". Use a new --workdir (to start a new shape from these weights, fine-tune with "
+            "--config.init_from=WORKDIR).")
+    optim_keys = tuple("optim." + k for k in config_lib.flat_keys(config.optim))
+    changed = config_lib.diff(old, config, config_lib.DATA_ORDER_KEYS + optim_keys)
+    if changed and not config.allow_config_change:
+        raise config_lib.ConfigError(
+            "the workdir's checkpoint was written with a different data order or optimizer: "
+            + "; ".join(changed) + ". Pass --config.allow_config_change=True if the change "
+            "is intended (e.g. a new learning rate), or use a new --workdir.")
+
+
+def batch_hash(local_batch: dict) -> str:
+    h = hashlib.sha1()
+    for k in sorted(local_batch):
+        h.update(np.ascontiguousarray(local_batch[k]).tobytes())
+    return h.hexdigest()[:16]
+
+
+class Ledger:
+    """WORKDIR/ledger.jsonl (ledger.pN.jsonl on process N > 0): one line per step with the hash
+    of this process's batch. On resume, lines after the restored step are dropped: those steps
+    are redone, so the file lists each batch that went into the state exactly once."""
+
+    def __init__(self, workdir: str, restored_step: int):
+        i = jax.process_index()
+        self.path = os.path.join(workdir, "ledger.jsonl" if i == 0 else f"ledger.p{i}.jsonl")
+        kept = []
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                kept = [line for line in f if json.loads(line)["step"] <= restored_step]
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, self.path)
+        self.file = open(self.path, "a")
+
+    def write(self, step: int, local_batch: dict):
+        self.file.write(json.dumps({"step": step, "process": jax.process_index(),
+                                    "batch": batch_hash(local_batch)}) + "\n")
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+class CheckpointClock:
+    """When to save: every `checkpoint_every` steps and, if set, when `checkpoint_every_minutes`
+    passed since the last save (process 0's clock decides, so all processes agree)."""
+
+    def __init__(self, train_config):
+        self.every, self.minutes = train_config.checkpoint_every, train_config.checkpoint_every_minutes
+        self.last = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        if self.every and step % self.every == 0:
+            return True
+        if self.minutes <= 0:
+            return False
+        late = time.monotonic() - self.last >= 60 * self.minutes
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            late = bool(multihost_utils.broadcast_one_to_all(np.int32(late)))
+        return late
+
+    def saved(self):
+        self.last = time.monotonic()
+
+
+def run(config, workdir: str, plan: Plan, log=print) -> Result:
+    tr = config.train
+    is_main = jax.process_index() == 0
+    engine = plan.engine
+    with StopRequest(tr.preemption_grace_seconds, log=log) as stop:
+        manager = checkpoint.make_manager(workdir, keep=tr.keep_checkpoints,
+                                          keep_period=tr.keep_period,
+                                          async_save=tr.async_checkpoints)
+        restored = checkpoint.restore_latest(manager, workdir, engine.abstract_state,
+                                             engine.shardings, plan.train_iter, log=log)
+        if restored is not None:
+            step0, state, saved_config, saved_tokenizer = restored
+            check_resume_config(saved_config, config)
+            if saved_tokenizer != plan.tokenizer_bytes and not config.allow_config_change:
+                raise config_lib.ConfigError(
+                    f"config.tokenizer.path = {config.tokenizer.path!r}: this tokenizer differs "
+                    "from the one saved with the checkpoint; resume with the run's own "
+                    f"{checkpoint.tokenizer_path(workdir)} or use a new --workdir")
+            log(f"resumed from step {step0} in {checkpoint.checkpoint_dir(workdir)}")
+        else:
+            step0, state = 0, plan.init_state()
+
+        peak, peak_desc = flops.total_peak()
+        peak *= jax.process_count()
+        writer = MetricsWriter(workdir, tr.steps, enabled=is_main)
+        if restored is not None:
+            writer.write(step0, {"event": "resumed"})  # later rows for a step supersede earlier
+        logger = StepLogger(writer, log_every=tr.log_every, total_steps=tr.steps,
+                            start_step=step0, tokens_per_step=plan.tokens_per_step,
+                            flops_per_token=plan.flops_per_token, peak_flops=peak)
+        ledger = Ledger(workdir, step0) if config.data.ledger else None
+        clock = CheckpointClock(tr)
+        config_dict = config.to_dict()
+        last_saved = step0 if restored is not None else None
+
+        def save(step, state):
+            nonlocal last_saved
+            checkpoint.save(manager, step, state, plan.train_iter, config_dict,
+                            plan.tokenizer_bytes)
+            clock.saved()
+            last_saved = step
+
+        def evaluate(step, state):
+            if is_main:
+                log(f"step {step}/{tr.steps}: evaluating")
+            try:
+                metrics = plan.evaluate(state.params, lambda: stop.requested)
+            except EvalAbandoned:
+                log(f"step {step}: evaluation abandoned ({stop.signal_name})")
+                return None
+            writer.write(step, metrics)
+            if is_main:
+                log(f"step {step}/{tr.steps} " + " ".join(
+                    f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+            plan.on_eval(step, metrics, state)
+            return metrics
+
+        def check_finite(state):
+            if logger.nonfinite_step is None or tr.on_nonfinite == "skip":
+                return
+            manager.wait_until_finished()
+            good = manager.latest_step()
+            where = (f"step {good} in {checkpoint.checkpoint_dir(workdir)}" if good is not None
+                     else "none (no checkpoint was written)")
+            raise NonFiniteLoss(
+                f"loss is {logger.last_loss} at step {logger.nonfinite_step}; stopped before "
+                f"saving anything after it. Last good checkpoint: {where}. Lower "
+                "config.optim.learning_rate or raise warmup, or set "
+                "--config.train.on_nonfinite=skip to drop such updates.")
+
+        eval_metrics = {}
+        if step0 == 0 and tr.eval_every and not stop.should_stop():
+            eval_metrics = evaluate(0, state) or {}  # the start of the curve
+        step = step0
+        while step < tr.steps and not stop.should_stop():
+            local = next(plan.train_iter)
+            step += 1
+            if ledger is not None:
+                ledger.write(step, local)
+            state, device_metrics = engine.run_train_step(
+                state, pipeline.global_batch(local, engine.batch_sharding))
+            logger.push(step, device_metrics)
+            check_finite(state)
+            if (tr.eval_every and step % tr.eval_every == 0) or step == tr.steps:
+                logger.flush()
+                check_finite(state)
+                eval_metrics = evaluate(step, state) or eval_metrics
+                logger.restart_clock()
+            if step == tr.steps or clock.due(step):
+                logger.flush()  # never save a state whose loss was not finite
+                check_finite(state)
+                save(step, state)
+        logger.flush()
+        check_finite(state)
+        preempted = stop.requested and step < tr.steps
+        if preempted or last_saved != step:
+            manager.wait_until_finished()  # an async save in flight finishes first
+            if last_saved != step:
+                save(step, state)
+            log(f"stopped at step {step} ({stop.signal_name or 'end'}): checkpoint saved"
+                + (f"; {stop.seconds_left():.0f} s of the grace period left" if preempted else ""))
+        manager.wait_until_finished()  # raises if an async save failed
+        manager.close()
+        if ledger is not None:
+            ledger.close()
+        writer.close()
+    return Result(state=state, step=step, start_step=step0, eval_metrics=eval_metrics,
+                  logger=logger, peak_desc=peak_desc, preempted=preempted)
