@@ -26,6 +26,7 @@ from typing import Any
 from etils import epath
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from fmjax import integrity
@@ -242,14 +243,28 @@ def resolve_params_source(source: str) -> tuple[str, str]:
         f"'checkpoints/', '{STATE}/' or '{PARAMS}/' inside)")
 
 
+def read_source(source: str) -> tuple[dict, bytes]:
+    """(config dict, tokenizer bytes) saved with a workdir's latest checkpoint, a step
+    directory or an export, checked against their checksums."""
+    directory, _ = resolve_params_source(source)
+    root = epath.Path(directory)
+    checks = ocp.JsonCheckpointHandler().restore(root / INTEGRITY)
+    config_dict = ocp.JsonCheckpointHandler().restore(root / CONFIG)
+    tokenizer_bytes = (root / TOKENIZER / FileHandler.FILENAME).read_bytes()
+    for item, ok in ((CONFIG, integrity.json_digest(config_dict) == checks[CONFIG]),
+                     (TOKENIZER, integrity.bytes_digest(tokenizer_bytes) == checks[TOKENIZER])):
+        if not ok:
+            raise DamagedCheckpoint(-1, item, f"{directory}: content does not match its checksum")
+    return dict(config_dict), tokenizer_bytes
+
+
 def load_params(source: str, abstract_params, shardings) -> tuple[Any, dict, bytes]:
     """(params on `shardings`, config dict, tokenizer bytes) from a workdir, step dir or
     export, verified against the checksums written with it. The optimizer state is not read."""
     directory, item = resolve_params_source(source)
     root = epath.Path(directory)
     checks = ocp.JsonCheckpointHandler().restore(root / INTEGRITY)
-    config_dict = ocp.JsonCheckpointHandler().restore(root / CONFIG)
-    tokenizer_bytes = (root / TOKENIZER / FileHandler.FILENAME).read_bytes()
+    config_dict, tokenizer_bytes = read_source(directory)
     target = {PARAMS: _target(abstract_params, shardings)}
     restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target)
     try:
@@ -263,4 +278,25 @@ def load_params(source: str, abstract_params, shardings) -> tuple[Any, dict, byt
     if bad:
         raise DamagedCheckpoint(-1, item, f"{directory}: {len(bad)} params do not match their "
                                 f"checksums, or the model's params differ ({', '.join(bad[:3])})")
-    return restored[PARAMS], dict(config_dict), tokenizer_bytes
+    return restored[PARAMS], config_dict, tokenizer_bytes
+
+
+def read_params_to_host(source: str) -> tuple[Any, dict, bytes]:
+    """Like `load_params` without knowing the model: the params as saved (numpy arrays on the
+    host), for exports and inspection."""
+    directory, item = resolve_params_source(source)
+    root = epath.Path(directory)
+    with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(root / item).item_metadata[PARAMS]
+        target = {PARAMS: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta)}
+        restore_args = jax.tree.map(lambda a: ocp.RestoreArgs(restore_type=np.ndarray), target)
+        restored = ckptr.restore(root / item, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True))
+    checks = ocp.JsonCheckpointHandler().restore(root / INTEGRITY)
+    expected = {k: v for k, v in checks[STATE].items() if k.startswith(PARAMS + "/")}
+    bad = integrity.mismatches(expected, _state_checksums(restored))
+    if bad:
+        raise DamagedCheckpoint(-1, item, f"{directory}: params do not match their checksums "
+                                f"({', '.join(bad[:3])})")
+    config_dict, tokenizer_bytes = read_source(directory)
+    return restored[PARAMS], config_dict, tokenizer_bytes

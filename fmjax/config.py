@@ -76,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
     tr.microbatches = 1  # gradient accumulation: split each batch into this many scans
     tr.log_every = 10  # steps between progress lines / metrics.jsonl rows
     tr.eval_every = 100  # steps between validation passes (0 = only at the end)
-    tr.eval_batches = 8  # global validation batches per pass
+    tr.eval_batches = 8  # global validation batches per pass (LM; classification evaluates the whole split)
     tr.checkpoint_every = 100  # steps between checkpoints (the last step is always saved)
     tr.checkpoint_every_minutes = 0.0  # also checkpoint when this much time passed (0 = off)
     tr.keep_checkpoints = 3  # most recent checkpoints kept on disk

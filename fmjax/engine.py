@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 
 from fmjax import mesh as mesh_lib
-from fmjax import flops, models, objectives, optim, state as state_lib, step as step_lib
+from fmjax import flops, lora, models, objectives, optim, state as state_lib, step as step_lib
 
 
 @dataclasses.dataclass
@@ -47,15 +47,28 @@ class Engine:
             return self.eval_step(params, batch)
 
 
-def build(config, mesh) -> Engine:
-    model, model_config = models.build(config)
-    objective = objectives.get(config)
+def build(config, mesh, *, model=None, model_config=None, objective=None,
+          train_prefixes: tuple[str, ...] | None = None) -> Engine:
+    """The engine for `config` on `mesh`. Fine-tuning passes its own `model` (e.g. a classifier
+    over the family's decoder) and `objective`. With config.lora.rank > 0 the model is wrapped
+    in low-rank adapters (fmjax/lora.py) and only the adapters and the params under
+    `train_prefixes` train; the rest is frozen (no optimizer state, never updated)."""
+    if model is None:
+        model, model_config = models.build(config)
+    objective = objective or objectives.get(config)
     tx, schedule = optim.make_optimizer(config)
+    trainable = None
+    if config.lora.rank > 0:
+        model = lora.LoraModel(model, config.lora)
+        with mesh_lib.activate(mesh):
+            abstract_params, _ = state_lib.abstract_params(model, model_config.seq_len)
+        trainable = lora.trainable_mask(abstract_params, train_prefixes or ())
+        tx = lora.masked_optimizer(tx, trainable)
     with mesh_lib.activate(mesh):
         abstract, shardings = state_lib.state_shardings(model, tx, model_config.seq_len, mesh)
     batch_sharding = mesh_lib.batch_sharding(mesh)
     train_step = step_lib.jit_train_step(
-        step_lib.make_train_step(model, objective, tx, schedule, config), shardings,
+        step_lib.make_train_step(model, objective, tx, schedule, config, trainable), shardings,
         batch_sharding, mesh)
     eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(model, objective),
                                        shardings.params, batch_sharding, mesh)

@@ -49,7 +49,8 @@ class Plan:
     tokenizer_bytes: bytes  # saved in every checkpoint
     flops_per_token: float
     tokens_per_step: int
-    on_eval: Callable[[int, dict, Any], None] = lambda step, metrics, state: None
+    # after each evaluation: (step, metrics, state) -> True to stop early (best-checkpoint keeping)
+    on_eval: Callable[[int, dict, Any], bool] = lambda step, metrics, state: False
 
 
 @dataclasses.dataclass
@@ -193,7 +194,8 @@ def run(config, workdir: str, plan: Plan, log=print) -> Result:
             if is_main:
                 log(f"step {step}/{tr.steps} " + " ".join(
                     f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-            plan.on_eval(step, metrics, state)
+            if plan.on_eval(step, metrics, state):
+                early_stop.append(step)
             return metrics
 
         def check_finite(state):
@@ -209,11 +211,11 @@ def run(config, workdir: str, plan: Plan, log=print) -> Result:
                 "config.optim.learning_rate or raise warmup, or set "
                 "--config.train.on_nonfinite=skip to drop such updates.")
 
-        eval_metrics = {}
+        eval_metrics, early_stop = {}, []
         if step0 == 0 and tr.eval_every and not stop.should_stop():
             eval_metrics = evaluate(0, state) or {}  # the start of the curve
         step = step0
-        while step < tr.steps and not stop.should_stop():
+        while step < tr.steps and not early_stop and not stop.should_stop():
             local = next(plan.train_iter)
             step += 1
             if ledger is not None:
@@ -227,7 +229,7 @@ def run(config, workdir: str, plan: Plan, log=print) -> Result:
                 check_finite(state)
                 eval_metrics = evaluate(step, state) or eval_metrics
                 logger.restart_clock()
-            if step == tr.steps or clock.due(step):
+            if step == tr.steps or early_stop or clock.due(step):
                 logger.flush()  # never save a state whose loss was not finite
                 check_finite(state)
                 save(step, state)

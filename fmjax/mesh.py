@@ -72,5 +72,5 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Sharding of a [B, T] batch array: rows over (data, fsdp)."""
-    return logical_sharding(mesh, ("batch", "length"))
+    """Sharding of a batch array ([B], [B, T], ...): rows over (data, fsdp), the rest whole."""
+    return logical_sharding(mesh, ("batch",))

@@ -34,7 +34,17 @@ def _split_microbatches(batch, m: int):
     return jax.tree.map(split, batch)
 
 
-def make_train_step(model, objective, tx, schedule, config):
+def _apply_updates(params, updates, trainable):
+    """params + updates; leaves marked False in `trainable` are returned untouched (bitwise:
+    adding a zero update would turn -0.0 into +0.0)."""
+    if trainable is None:
+        return optax.apply_updates(params, updates)
+    return jax.tree.map(lambda p, u, t: optax.apply_updates(p, u) if t else p,
+                        params, updates, trainable)
+
+
+def make_train_step(model, objective, tx, schedule, config, trainable=None):
+    """`trainable`: optional bool tree over the params; False leaves are frozen."""
     z_loss, m = config.optim.z_loss, config.train.microbatches
     deterministic = config.model.dropout == 0.0
     skip_nonfinite = config.train.on_nonfinite == "skip"
@@ -57,7 +67,7 @@ def make_train_step(model, objective, tx, schedule, config):
         w = jnp.maximum(w, 1.0)
         grads = jax.tree.map(lambda g: g / w, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params = _apply_updates(state.params, updates, trainable)
         metrics = {"loss": ce / w, "grad_norm": optax.global_norm(grads),
                    "learning_rate": schedule(state.step), "target_tokens": w}
         if skip_nonfinite:  # a NaN/inf loss or gradient leaves params and optimizer as they were

@@ -75,7 +75,11 @@ class Decoder(nn.Module):
 
     With `return_hidden=True` (tied embeddings only) it returns (final hidden [B, T, D], the
     embedding table [V_padded, D]) instead, so the loss can fuse the output layer
-    (`objectives.output_cross_entropy`) without materialising the logits."""
+    (`objectives.output_cross_entropy`) without materialising the logits.
+
+    With `return_features=True` it returns the final normalised hidden states [B, T, D] (tied
+    or not), for heads other than the LM head (models/classifier.py); an untied `lm_head` is
+    still declared, so the param tree is the same as with logits."""
     cfg: object
     spec: DecoderSpec
 
@@ -85,7 +89,7 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, tokens_BT, segment_ids_BT=None, positions_BT=None, *, decode=False,
-                 deterministic=True, return_hidden=False):
+                 deterministic=True, return_hidden=False, return_features=False):
         cfg, spec = self.cfg, self.spec
         dtype, param_dtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         if segment_ids_BT is None:
@@ -108,6 +112,13 @@ class Decoder(nn.Module):
         norm_kw = dict(eps=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype, name="final_norm")
         x_BTD = (layers.LayerNorm(use_bias=spec.use_bias, **norm_kw) if spec.norm == "layernorm"
                  else layers.RMSNorm(**norm_kw))(x_BTD)
+        lm_head = None if cfg.tie_embeddings else layers.Dense(
+            (cfg.padded_vocab_size,), ("embed",), ("vocab",), init_std=cfg.init_std, dtype=dtype,
+            param_dtype=param_dtype, name="lm_head")
+        if return_features:
+            if lm_head is not None:
+                lm_head(x_BTD, weights_only=True)  # declares its kernel; no matmul
+            return x_BTD
         if return_hidden:
             if not cfg.tie_embeddings:
                 raise ValueError("return_hidden=True needs tied embeddings (the output table "
@@ -116,9 +127,7 @@ class Decoder(nn.Module):
         if cfg.tie_embeddings:
             logits_BTV = embed.attend(x_BTD)
         else:
-            logits_BTV = layers.Dense((cfg.padded_vocab_size,), ("embed",), ("vocab",),
-                                      init_std=cfg.init_std, dtype=dtype, param_dtype=param_dtype,
-                                      name="lm_head")(x_BTD)
+            logits_BTV = lm_head(x_BTD)
         logits_BTV = layers.constrain(logits_BTV, "batch", "length", "vocab")
         if cfg.padded_vocab_size != cfg.vocab_size:  # padded rows never win
             logits_BTV = logits_BTV[..., :cfg.vocab_size]

@@ -31,6 +31,11 @@ def get(config):
     return OBJECTIVES.get(config.objective)(config)
 
 
+def get_named(name: str, config):
+    """An objective chosen by the caller (fine-tune tasks) rather than by config.objective."""
+    return OBJECTIVES.get(name)(config)
+
+
 def cross_entropy(logits_BTV, targets_BT, weights_BT, z_loss: float = 0.0):
     """Sums over weighted tokens: (cross-entropy sum, z-loss sum, weight sum), all float32."""
     logits_BTV = logits_BTV.astype(jnp.float32)
