@@ -1,0 +1,100 @@
+"""The shared loop in-process, with signals raised at exact moments: during the first compile,
+in the middle of an evaluation, while an async save is in flight; and a NaN loss."""
+import json
+import os
+import signal
+
+import pytest
+
+from fmjax import checkpoint, engine as engine_lib, loop, trainer
+
+
+def tiny(data_dir, **train):
+    from tests.helpers import tiny_config
+    c = tiny_config()
+    c.model.vocab_size = 512
+    c.model.seq_len = 64
+    c.tokenizer.train_chars = 1_000_000
+    c.data.tfds_data_dir = data_dir
+    c.mesh.data = -1
+    c.train.update(dict(steps=12, log_every=1, eval_every=6, eval_batches=4, checkpoint_every=6,
+                        sample_tokens=4), **train)
+    return c
+
+
+def latest(workdir):
+    return checkpoint.make_manager(workdir, read_only=True).latest_step()
+
+
+def sigterm():
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_signal_during_first_compile_saves_the_finished_step(tmp_path, data_dir, monkeypatch):
+    original = engine_lib.Engine.run_train_step
+    calls = []
+
+    def first_call_signals(self, state, batch):
+        if not calls:
+            sigterm()  # arrives before the first step is compiled
+        calls.append(1)
+        return original(self, state, batch)
+
+    monkeypatch.setattr(engine_lib.Engine, "run_train_step", first_call_signals)
+    report = trainer.train(tiny(data_dir), str(tmp_path))
+    assert report.preempted and report.steps == 1 and latest(str(tmp_path)) == 1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_signal_mid_eval_abandons_it_and_saves(tmp_path, data_dir, monkeypatch):
+    original = engine_lib.Engine.run_eval_step
+    calls = []
+
+    def signal_on_second_batch_of_step_6(self, params, batch):
+        calls.append(1)
+        if len(calls) == 4 + 2:  # step 0's eval has 4 batches; then step 6's second batch
+            sigterm()
+        return original(self, params, batch)
+
+    monkeypatch.setattr(engine_lib.Engine, "run_eval_step", signal_on_second_batch_of_step_6)
+    report = trainer.train(tiny(data_dir), str(tmp_path))
+    assert report.preempted and report.steps == 6 and latest(str(tmp_path)) == 6
+    assert len(calls) == 6  # the eval stopped after the batch in flight
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "eval_loss" in r] == [0]  # no half-eval written
+    resumed = trainer.train(tiny(data_dir), str(tmp_path))
+    assert resumed.steps == 12 and not resumed.preempted
+
+
+def test_signal_during_async_save_waits_for_it_and_saves_the_last_step(tmp_path, data_dir,
+                                                                       monkeypatch):
+    original = checkpoint.save
+
+    def save_then_signal(manager, step, *args, **kwargs):
+        out = original(manager, step, *args, **kwargs)
+        if step == 6:
+            sigterm()  # the async save of step 6 is still being written
+        return out
+
+    monkeypatch.setattr(checkpoint, "save", save_then_signal)
+    report = trainer.train(tiny(data_dir), str(tmp_path))
+    assert report.preempted and report.steps == 6
+    assert checkpoint.make_manager(str(tmp_path), read_only=True).all_steps() == [6]
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_last_good_checkpoint(tmp_path, data_dir,
+                                                                        monkeypatch):
+    original = engine_lib.Engine.run_train_step
+
+    def nan_at_step_9(self, state, batch):
+        step = int(state.step)  # read before the step donates the state
+        new_state, metrics = original(self, state, batch)
+        if step == 8:  # the update that makes step 9
+            metrics = {**metrics, "loss": metrics["loss"] * float("nan")}
+        return new_state, metrics
+
+    monkeypatch.setattr(engine_lib.Engine, "run_train_step", nan_at_step_9)
+    with pytest.raises(loop.NonFiniteLoss, match=r"loss is nan at step 9.*Last good checkpoint: "
+                                                 r"step 6.*on_nonfinite=skip"):
+        trainer.train(tiny(data_dir), str(tmp_path))
+    assert latest(str(tmp_path)) == 6  # nothing after the bad step was saved
