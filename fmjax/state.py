@@ -8,7 +8,6 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fmjax import mesh as mesh_lib
@@ -43,19 +42,31 @@ def param_shardings(model, seq_len: int, mesh):
     return abstract, mesh_lib.tree_shardings(mesh, boxed)
 
 
+def _keys(path) -> tuple:
+    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
 def _opt_state_shardings(tx, abstract_params, params_sharding, mesh):
-    """Optimizer leaves shaped like their param take its sharding; others (counts, Adafactor's
-    factored moments) are replicated."""
+    """Optimizer leaves that mirror a param (Adam's mu/nu: the param's key path is a suffix of
+    theirs, same shape) take its sharding; others (counts, Adafactor's factored moments) are
+    replicated. Works through masked / multi-transform states, whose frozen leaves are absent."""
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     repl = NamedSharding(mesh, P())
+    by_path = {}
+    flat_params = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    flat_shardings = jax.tree.leaves(params_sharding, is_leaf=lambda x: isinstance(x, NamedSharding))
+    for (path, leaf), sharding in zip(flat_params, flat_shardings):
+        by_path[_keys(path)] = (leaf.shape, sharding)
 
-    def pick(leaf, param, sharding):
-        return sharding if getattr(leaf, "shape", None) == param.shape else repl
+    def pick(path, leaf):
+        keys = _keys(path)
+        for start in range(len(keys)):
+            shape, sharding = by_path.get(keys[start:], (None, None))
+            if sharding is not None and shape == getattr(leaf, "shape", None):
+                return sharding
+        return repl
 
-    return abstract_opt, optax.tree_map_params(
-        tx, pick, abstract_opt, abstract_params, params_sharding,
-        transform_non_params=lambda _: repl,
-        is_leaf=lambda x: isinstance(x, NamedSharding))
+    return abstract_opt, jax.tree_util.tree_map_with_path(pick, abstract_opt)
 
 
 def state_shardings(model, tx, seq_len: int, mesh) -> tuple[TrainState, TrainState]:
