@@ -103,7 +103,8 @@ def make_manager(workdir: str, *, keep: int = 3, keep_period: int = 0, async_sav
     orbax deletes old steps only after a new one has committed, so the newest good
     checkpoint is never removed by a save that fails or is killed."""
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, keep_period=keep_period or None, save_interval_steps=1,
+        max_to_keep=None if read_only else keep, keep_period=keep_period or None,
+        save_interval_steps=0 if read_only else 1,
         enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
         cleanup_tmp_directories=not read_only)
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)

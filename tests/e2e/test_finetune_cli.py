@@ -7,27 +7,16 @@ import os
 
 import numpy as np
 import orbax.checkpoint as ocp
-import pytest
 
 from fmjax import checkpoint
+from tests.e2e.conftest import FINETUNE
 from tests.e2e.test_train_cli import TINY, cli, metrics
 
-FT = ["--config=configs/finetune/default.py", "--config.train.global_batch_size=8",
-      "--config.train.log_every=5", "--config.train.eval_every=10",
-      "--config.train.checkpoint_every=10", "--config.data.max_examples=240"]
+FT = FINETUNE
 
 
-@pytest.fixture(scope="module")
-def classification_run(full_run, tmp_path_factory, data_dir):
-    pretrained, _ = full_run
-    workdir = str(tmp_path_factory.mktemp("ft_cls"))
-    out = cli("fmjax.finetune", *FT, f"--workdir={workdir}", f"--config.init_from={pretrained}",
-              f"--config.data.tfds_data_dir={data_dir}", "--config.train.steps=20")
-    return pretrained, workdir, out
-
-
-def test_classification_reports_metrics_and_keeps_the_best(classification_run, data_dir):
-    pretrained, workdir, out = classification_run
+def test_classification_reports_metrics_and_keeps_the_best(finetune_run, data_dir):
+    pretrained, workdir, out = finetune_run
     evals = [r for r in metrics(workdir) if "eval_accuracy" in r]
     assert [r["step"] for r in evals] == [0, 10, 20]
     for key in ("eval_loss", "eval_accuracy", "eval_precision", "eval_recall", "eval_f1",
