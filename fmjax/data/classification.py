@@ -23,10 +23,8 @@ token of a row is at index segment_ids.sum() - 1. B = global_batch_size // proce
 from __future__ import annotations
 
 import importlib
-import math
 from typing import Any, Callable, Sequence
 
-from absl import flags
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
@@ -314,17 +312,8 @@ def train_dataset(config, tokenizer, *, process_index: int | None = None,
     index, count, batch_size = pipeline.process_shard(config, process_index, process_count)
     source = source if source is not None else open_classification(config, hash_split.TRAIN)
     examples = pipeline.shard_documents(source, index, count, hash_split.TRAIN)
-    if config.data.shuffle:
-        examples = examples.shuffle(seed=pipeline.derive_seed(config.seed, "classification"))
-    rows = examples.repeat().map(EncodeExample(tokenizer, config.model.seq_len))
-    batches = rows.to_iter_dataset(pipeline.READ_OPTIONS).batch(batch_size,
-                                                                drop_remainder=True)
-    if config.data.num_workers > 0:
-        if not flags.FLAGS.is_parsed():  # grain workers read absl flags; outside absl.app
-            flags.FLAGS.mark_as_parsed()  # (notebooks, tests) their defaults are used.
-        batches = batches.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=config.data.num_workers))
-    return batches
+    return pipeline.example_batches(examples, EncodeExample(tokenizer, config.model.seq_len),
+                                    config, batch_size, shuffle_purpose="classification")
 
 
 def make_classification_train_iterator(config, tokenizer, *, process_index: int | None = None,
@@ -349,7 +338,7 @@ def eval_dataset(config, tokenizer, split: str = hash_split.VALIDATION, *,
     if len(source) == 0:
         raise ConfigError(f"config.data.source = {config.data.source!r}: {source.identity} "
                           "has no examples to evaluate on; use a split with examples")
-    rows_per_process = math.ceil(math.ceil(len(source) / count) / batch_size) * batch_size
+    rows_per_process = pipeline.one_pass_rows(len(source), count, batch_size)
     examples = grain.MapDataset.source(source)[index::count]
     rows = examples.map(EncodeExample(tokenizer, config.model.seq_len))
     if rows_per_process > len(rows):

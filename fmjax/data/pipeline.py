@@ -12,6 +12,7 @@ Eval: the validation split, unshuffled and cycled, packed the same way; identica
 from __future__ import annotations
 
 import hashlib
+import math
 
 from absl import flags
 import grain
@@ -78,13 +79,36 @@ def train_dataset(config, tokenizer, *, process_index: int | None = None,
         documents = documents.shuffle(seed=derive_seed(config.seed, "documents"))
     documents = documents.repeat()  # Epoch e is shuffled with a seed folded with e.
     row_seed = derive_seed(config.seed, "rows") if config.data.shuffle else None
-    batches = packed_batches(documents, config, tokenizer, batch_size, row_shuffle_seed=row_seed)
-    if config.data.num_workers > 0:
-        if not flags.FLAGS.is_parsed():  # grain workers read absl flags; outside absl.app
-            flags.FLAGS.mark_as_parsed()  # (notebooks, tests) their defaults are used.
-        batches = batches.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=config.data.num_workers))
-    return batches
+    return with_workers(packed_batches(documents, config, tokenizer, batch_size,
+                                       row_shuffle_seed=row_seed), config)
+
+
+def with_workers(batches: grain.IterDataset, config) -> grain.IterDataset:
+    """`batches` produced by `config.data.num_workers` grain worker processes (0 = in this one)."""
+    if config.data.num_workers <= 0:
+        return batches
+    if not flags.FLAGS.is_parsed():  # grain workers read absl flags; outside absl.app
+        flags.FLAGS.mark_as_parsed()  # (notebooks, tests) their defaults are used.
+    return batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+
+
+def example_batches(examples: grain.MapDataset, encode: grain.transforms.Map, config,
+                    batch_size: int, *, shuffle_purpose: str) -> grain.IterDataset:
+    """Unpacked training rows, one example each (fine-tune sources): shuffled per epoch with a
+    seed derived from (seed, shuffle_purpose) so order = f(seed, epoch, index), repeated
+    forever, encoded, batched, checkpointable."""
+    if config.data.shuffle:
+        examples = examples.shuffle(seed=derive_seed(config.seed, shuffle_purpose))
+    rows = examples.repeat().map(encode)
+    return with_workers(rows.to_iter_dataset(READ_OPTIONS).batch(batch_size, drop_remainder=True),
+                        config)
+
+
+def one_pass_rows(num_examples: int, process_count: int, batch_size: int) -> int:
+    """Rows each process evaluates in one pass over `num_examples` split every count-th:
+    ceil(ceil(N / count) / B) * B, the same on every process (multi-host steps stay in
+    lockstep); rows past a process's examples are padding."""
+    return math.ceil(math.ceil(num_examples / process_count) / batch_size) * batch_size
 
 
 def make_train_iterator(config, tokenizer, *, process_index: int | None = None,

@@ -27,9 +27,7 @@ Batches are dicts of [B, T] arrays under those keys, B = global_batch_size // pr
 from __future__ import annotations
 
 import json
-import math
 
-from absl import flags
 import grain
 import numpy as np
 
@@ -179,17 +177,9 @@ def train_dataset(config, tokenizer, *, process_index: int | None = None,
             f"config.data.paths = {config.data.paths!r}: {len(records)} training records, too "
             f"few for {count} processes (process {index} gets none); add records or lower "
             "--config.data.validation_percent")
-    if config.data.shuffle:
-        examples = examples.shuffle(seed=pipeline.derive_seed(config.seed, "prompt_completion"))
-    rows = examples.repeat().map(EncodePromptCompletion(tokenizer, config.model.seq_len))
-    batches = rows.to_iter_dataset(pipeline.READ_OPTIONS).batch(batch_size,
-                                                                drop_remainder=True)
-    if config.data.num_workers > 0:
-        if not flags.FLAGS.is_parsed():  # grain workers read absl flags; outside absl.app
-            flags.FLAGS.mark_as_parsed()  # (notebooks, tests) their defaults are used.
-        batches = batches.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=config.data.num_workers))
-    return batches
+    return pipeline.example_batches(
+        examples, EncodePromptCompletion(tokenizer, config.model.seq_len), config, batch_size,
+        shuffle_purpose="prompt_completion")
 
 
 def make_prompt_completion_train_iterator(config, tokenizer, *, process_index: int | None = None,
@@ -222,7 +212,7 @@ def make_prompt_completion_eval_batches(config, tokenizer, *, process_index: int
             f"config.data.validation_percent = {config.data.validation_percent}: no validation "
             f"records in {config.data.paths!r}; raise --config.data.validation_percent or add "
             "records")
-    rows_per_process = math.ceil(math.ceil(len(records) / count) / batch_size) * batch_size
+    rows_per_process = pipeline.one_pass_rows(len(records), count, batch_size)
     encode = EncodePromptCompletion(tokenizer, config.model.seq_len)
     rows = [encode.map(record) for record in records[index::count]]
     rows += [padding_row(config.model.seq_len, tokenizer.pad_id)] * (rows_per_process - len(rows))
