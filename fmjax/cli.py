@@ -75,3 +75,18 @@ def run(main):
     app.run(main, flags_parser=parse_flags)
 
 
+
+
+def run_stage(stage, workdir: str):
+    """The body of the train and finetune CLIs: CPU runtime settings, `stage(config, workdir)`,
+    its report; a NaN/inf loss exits 1 with the loop's message (step, last good checkpoint)."""
+    import jax
+    from fmjax import cpu_runtime
+    from fmjax.loop import NonFiniteLoss
+    if jax.default_backend() == "cpu":
+        cpu_runtime.configure()  # keep XLA:CPU's per-step temporaries mapped (see the module)
+    try:
+        report = stage(load_config(), workdir)
+    except NonFiniteLoss as e:
+        raise SystemExit(f"error: {e}")
+    print(report.text(), flush=True)

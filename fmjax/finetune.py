@@ -12,16 +12,8 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
     cli.no_extra_args(argv)
-    import jax
-    from fmjax import cpu_runtime, finetuner
-    from fmjax.loop import NonFiniteLoss
-    if jax.default_backend() == "cpu":
-        cpu_runtime.configure()
-    try:
-        report = finetuner.finetune(cli.load_config(), FLAGS.workdir)
-    except NonFiniteLoss as e:
-        raise SystemExit(f"error: {e}")
-    print(report.text(), flush=True)
+    from fmjax import finetuner
+    cli.run_stage(finetuner.finetune, FLAGS.workdir)
 
 
 if __name__ == "__main__":

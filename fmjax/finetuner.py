@@ -87,6 +87,12 @@ def _replace_subtree(tree, path, value):
     return {**tree, path[0]: _replace_subtree(tree[path[0]], path[1:], value)}
 
 
+def pretrain_workdir(step_dir: str) -> str:
+    """WORKDIR for WORKDIR/checkpoints/STEP; an export is its own directory."""
+    parent = os.path.dirname(step_dir.rstrip("/"))
+    return os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else step_dir
+
+
 def last_eval(workdir: str) -> dict:
     """The last row with eval metrics in a run's metrics.jsonl ({} if there is none)."""
     path = os.path.join(workdir, "metrics.jsonl")
@@ -149,7 +155,9 @@ def finetune(config, workdir: str) -> Report:
             "config.init_from = '': fine-tuning starts from pretrained weights; set "
             "--config.init_from=PRETRAIN_WORKDIR (or one of its checkpoints/STEP dirs, or an "
             "export from fmjax.export)")
-    saved, tokenizer_bytes = checkpoint.read_source(config.init_from)
+    # the step directory (or export) is resolved once: a workdir's latest step could move on
+    source, _ = checkpoint.resolve_params_source(config.init_from)
+    saved, tokenizer_bytes = checkpoint.read_source(source)
     config = inherit_pretrained(config, saved)
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
@@ -170,7 +178,7 @@ def finetune(config, workdir: str) -> Report:
     def init_state():
         state = engine.init_state()
         pretrained, _, _ = checkpoint.load_params(
-            config.init_from, _subtree(engine.abstract_state.params, path),
+            source, _subtree(engine.abstract_state.params, path),
             _subtree(engine.shardings.params, path))
         return state.replace(params=_replace_subtree(state.params, path, pretrained))
 
@@ -184,13 +192,12 @@ def finetune(config, workdir: str) -> Report:
     if jax.process_index() == 0:
         trainable = (sum(x.size for x in jax.tree.leaves(engine.abstract_state.params[lora.LORA_KEY]))
                      if config.lora.rank > 0 else engine.num_params())
-        print(f"fine-tune {config.task.name} from {config.init_from}: {task.describe}; "
+        print(f"fine-tune {config.task.name} from {source}: {task.describe}; "
               f"{engine.num_params():,} parameters, {trainable:,} trained; mesh "
               f"{dict(mesh.shape)}", flush=True)
-    result = loop.run(config, workdir, plan, log=trainer._log)
+    result = loop.run(config, workdir, plan)
     return Report(steps=result.step, task=config.task.name, best_step=keeper.tracker.best_step or 0,
                   select_metric=config.task.select_metric, best=keeper.metrics,
-                  pretrain=last_eval(checkpoint.resolve_params_source(config.init_from)[0]
-                                     .split("/checkpoints/")[0]),
+                  pretrain=last_eval(pretrain_workdir(source)),
                   best_dir=keeper.dir, preempted=result.preempted,
                   early_stopped=keeper.early_stopped)

@@ -26,7 +26,7 @@ def load_run(workdir: str, step: int | None = None):
     from fmjax.data import tokenizer as tokenizer_lib
     source = workdir if step is None else os.path.join(checkpoint.checkpoint_dir(workdir), str(step))
     directory, _ = checkpoint.resolve_params_source(source)
-    config = config_lib.from_json_dict(checkpoint.read_config(workdir, int(os.path.basename(directory))))
+    config = config_lib.from_json_dict(checkpoint.read_source(directory)[0])
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
     config.tokenizer.path = checkpoint.tokenizer_path(workdir)
     tokenizer = tokenizer_lib.ensure_tokenizer(config)

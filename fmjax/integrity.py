@@ -38,16 +38,12 @@ def _tree_sums(tree):
     return jax.tree.map(_leaf_sums, tree)
 
 
-def _path_name(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                    for k in path)
-
-
 def tree_checksums(tree) -> dict[str, str]:
     """{leaf path: 16 hex digits}; identical for equal values under any sharding."""
     sums = jax.device_get(_tree_sums(tree))
     flat = jax.tree_util.tree_flatten_with_path(sums)[0]
-    return {_path_name(path): f"{int(s[0]):08x}{int(s[1]):08x}" for path, s in flat}
+    return {jax.tree_util.keystr(path, simple=True, separator="/"):
+            f"{int(s[0]):08x}{int(s[1]):08x}" for path, s in flat}
 
 
 def bytes_digest(data: bytes) -> str:

@@ -140,7 +140,13 @@ class CheckpointClock:
         self.last = time.monotonic()
 
 
-def run(config, workdir: str, plan: Plan, log=print) -> Result:
+def log_main(message: str):
+    """Prints on process 0 only (every process runs the loop)."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def run(config, workdir: str, plan: Plan, log=log_main) -> Result:
     tr = config.train
     is_main = jax.process_index() == 0
     engine = plan.engine

@@ -42,8 +42,8 @@ def param_shardings(model, seq_len: int, mesh):
     return abstract, mesh_lib.tree_shardings(mesh, boxed)
 
 
-def _keys(path) -> tuple:
-    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+def _keys(path) -> tuple[str, ...]:
+    return tuple(jax.tree_util.keystr(path, simple=True, separator="/").split("/"))
 
 
 def _opt_state_shardings(tx, abstract_params, params_sharding, mesh):

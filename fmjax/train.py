@@ -11,16 +11,8 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
     cli.no_extra_args(argv)
-    import jax
-    from fmjax import cpu_runtime, trainer
-    if jax.default_backend() == "cpu":
-        cpu_runtime.configure()  # keep XLA:CPU's per-step temporaries mapped (see the module)
-    from fmjax.loop import NonFiniteLoss
-    try:
-        report = trainer.train(cli.load_config(), FLAGS.workdir)
-    except NonFiniteLoss as e:
-        raise SystemExit(f"error: {e}")
-    print(report.text(), flush=True)
+    from fmjax import trainer
+    cli.run_stage(trainer.train, FLAGS.workdir)
 
 
 if __name__ == "__main__":

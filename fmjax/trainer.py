@@ -97,7 +97,7 @@ def train(config, workdir: str) -> Report:
         print(f"model {engine.model_config.family}: {num_params:,} parameters; mesh "
               f"{dict(mesh.shape)}; {plan.tokens_per_step:,} tokens/step; "
               f"{plan.flops_per_token / 1e6:.1f} MFLOPs/token", flush=True)
-    result = loop.run(config, workdir, plan, log=_log)
+    result = loop.run(config, workdir, plan)
     state = result.state
     eval_metrics = result.eval_metrics
     if not eval_metrics and not result.preempted:
@@ -117,8 +117,3 @@ def train(config, workdir: str) -> Report:
                   num_params=num_params, checkpoint_dir=checkpoint.checkpoint_dir(workdir),
                   metrics_path=os.path.join(workdir, "metrics.jsonl"), sample=sample,
                   preempted=result.preempted)
-
-
-def _log(message: str):
-    if jax.process_index() == 0:
-        print(message, flush=True)
