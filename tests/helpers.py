@@ -32,3 +32,15 @@ def packed_batch(batch=8, seq=32, vocab=128, seed=0, split=20):
     positions = np.concatenate([np.arange(split), np.arange(seq - split)])
     positions = np.broadcast_to(positions, (batch, seq)).astype(np.int32).copy()
     return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions}
+
+
+def take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def assert_batches_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])

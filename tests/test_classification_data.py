@@ -25,6 +25,7 @@ from tensorflow_datasets.core.download import extractor
 from fmjax.config import ConfigError, base_config
 from fmjax.data import classification, hash_split, sources, stdlib_functions
 from fmjax.data import tokenizer as tokenizer_lib
+from tests.helpers import assert_batches_equal, take
 
 SEQ_LEN = 48
 STDLIB = sysconfig.get_paths()["stdlib"]
@@ -59,18 +60,6 @@ def tokenizer(train_source, tmp_path_factory):
     path = tmp_path_factory.mktemp("spm") / "functions.model"
     return tokenizer_lib.Tokenizer(tokenizer_lib.train_sentencepiece(
         texts, vocab_size=512, output_path=str(path)))
-
-
-def take(iterator, n):
-    return [next(iterator) for _ in range(n)]
-
-
-def assert_batches_equal(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for key in x:
-            np.testing.assert_array_equal(x[key], y[key])
 
 
 def expected_row(tokenizer, text):

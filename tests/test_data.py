@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from fmjax.config import ConfigError, base_config
 from fmjax.data import hash_split, local_text, pipeline, sources, stdlib_corpus
 from fmjax.data import tokenizer as tokenizer_lib
+from tests.helpers import assert_batches_equal, take
 
 SEQ_LEN = 64
 STDLIB = sysconfig.get_paths()["stdlib"]
@@ -82,18 +83,6 @@ def row_segments(batch):
     for row, (tokens_T, segment_ids_T) in enumerate(zip(batch["tokens"], batch["segment_ids"])):
         for segment in range(1, segment_ids_T.max() + 1):
             yield row, tuple(tokens_T[segment_ids_T == segment].tolist())
-
-
-def take(iterator, n):
-    return [next(iterator) for _ in range(n)]
-
-
-def assert_batches_equal(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for key in x:
-            np.testing.assert_array_equal(x[key], y[key])
 
 
 # ----------------------------------------------------------------------------- stdlib corpus

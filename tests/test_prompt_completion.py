@@ -10,7 +10,7 @@ from fmjax import objectives
 from fmjax.config import ConfigError, base_config
 from fmjax.data import hash_split, prompt_completion as pc
 from fmjax.data import tokenizer as tokenizer_lib
-from tests.helpers import packed_batch, tiny_config
+from tests.helpers import assert_batches_equal, packed_batch, tiny_config, take
 
 SEQ_LEN = 32
 WORDS = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta", "iota", "kappa"]
@@ -59,18 +59,6 @@ def make_config(paths, **data):
     for key, value in data.items():
         config.data[key] = value
     return config
-
-
-def take(iterator, n):
-    return [next(iterator) for _ in range(n)]
-
-
-def assert_batches_equal(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for key in x:
-            np.testing.assert_array_equal(x[key], y[key])
 
 
 def segment_weights(segment_ids_BT):
