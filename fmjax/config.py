@@ -277,3 +277,13 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
             _fail(f"train.{field}", tr[field], "must be positive", f"set --config.train.{field}")
     return sizes
 
+
+def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
+    """`get_config()` of configs/NAME.py next to `config_file` (pass `__file__`), so a paper
+    config can start from its smaller sibling wherever the process was started."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name + ".py")
+    spec = importlib.util.spec_from_file_location(f"fmjax_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

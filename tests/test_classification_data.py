@@ -403,3 +403,24 @@ def test_a_build_that_needs_tensorflow_says_how_to_build_it(tmp_path):
                                               r"TensorFlow.*`tfds build imdb_reviews "
                                               r"--file_format=array_record --data_dir="):
             classification.open_classification(config, "train")
+
+
+@pytest.mark.parametrize("name,source,validation_split", [("sst2", "glue/sst2", "validation"),
+                                                          ("imdb", "imdb_reviews", "test")])
+def test_shipped_finetune_configs_read_their_datasets(data_dir, fake_downloads, tokenizer, name,
+                                                      source, validation_split):
+    """configs/finetune/{sst2,imdb}.py, as shipped, on mock downloads of the real builders."""
+    from fmjax.config import sibling_config
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = sibling_config(os.path.join(root, "configs", "finetune", "x.py"), name)
+    assert config.task.name == "classification" and config.data.source == source
+    config.data.tfds_data_dir = data_dir
+    config.model.seq_len = SEQ_LEN
+    config.train.global_batch_size = 4
+    train = classification.open_classification(config, "train")
+    validation = classification.open_classification(config, "validation")
+    assert train.num_classes == 2 and len(train) > 0
+    assert validation.identity.endswith(":" + validation_split)
+    batch = next(iter(classification.make_classification_train_iterator(
+        config, tokenizer, source=train, process_index=0, process_count=1)))
+    assert batch["tokens"].shape == (4, SEQ_LEN) and set(batch["labels"]) <= {0, 1}

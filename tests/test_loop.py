@@ -98,3 +98,23 @@ def test_nonfinite_loss_stops_naming_the_step_and_last_good_checkpoint(tmp_path,
                                                  r"step 6.*on_nonfinite=skip"):
         trainer.train(tiny(data_dir), str(tmp_path))
     assert latest(str(tmp_path)) == 6  # nothing after the bad step was saved
+
+
+def test_checkpoint_clock_saves_on_steps_and_on_minutes(monkeypatch):
+    import ml_collections
+    now = [1000.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: now[0])
+    clock = loop.CheckpointClock(ml_collections.ConfigDict(
+        dict(checkpoint_every=100, checkpoint_every_minutes=2.0)))
+    assert clock.due(100) and not clock.due(7)
+    now[0] += 119.0
+    assert not clock.due(8)  # 1m59s since the start
+    now[0] += 1.0
+    assert clock.due(9)  # 2 minutes: a save is due although 9 is no multiple of 100
+    clock.saved()
+    now[0] += 60.0
+    assert not clock.due(10)  # the clock restarts at each save
+    off = loop.CheckpointClock(ml_collections.ConfigDict(
+        dict(checkpoint_every=0, checkpoint_every_minutes=0.0)))
+    now[0] += 1e6
+    assert not off.due(5)
