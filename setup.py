@@ -29,7 +29,12 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5",
                  # notebooks/ are executed by tests/e2e/test_notebooks.py
-                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8"],
+                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8",
+                 # Hugging Face parity tests (tests/test_convert.py; fmjax.convert itself reads
+                 # and writes safetensors without them). torch is pinned to the release whose
+                 # CPU-only wheel is at hand: any other spec pulls the CUDA build (several GB
+                 # of nvidia-* packages) from PyPI.
+                 "transformers>=5.0,<6", "torch==2.13.0", "safetensors>=0.4.3,<1"],
         "gpu": ["jax[cuda12]>=0.10.0,<0.12"],
         "tpu": ["jax[tpu]>=0.10.0,<0.12"],
     },

@@ -4,7 +4,9 @@ One `CheckpointManager` per workdir (WORKDIR/checkpoints/STEP/). Every step hold
   state      the TrainState (params, optimizer state, step, rng): sharded arrays
   data       the grain iterator state (one JSON per process)
   config     the resolved config (JSON)
-  tokenizer  the SentencePiece model file the run trains with
+  tokenizer  the SentencePiece model file the run trains with (empty in a params-only
+             checkpoint converted from a Hugging Face model without one, fmjax/hf/: its
+             readers then take --config.tokenizer.path or --tokenizer)
   integrity  checksums of all of the above (fmjax.integrity), written in the same commit
 so one step directory restores the whole run, onto any mesh (restore reads each shard where the
 target shardings put it).
@@ -212,7 +214,8 @@ def read_config(workdir: str, step: int | None = None) -> dict:
 # ---- params only: exports for fine-tuning and sharing ---------------------------------------
 
 def export_params(path: str, params, config_dict: dict, tokenizer_bytes: bytes) -> str:
-    """Writes PATH/{params, config, tokenizer, integrity}: no optimizer state."""
+    """Writes PATH/{params, config, tokenizer, integrity}: no optimizer state. tokenizer_bytes
+    may be b"" (no tokenizer; see the module docstring)."""
     path = _abs(path)
     checks = {STATE: {k: v for k, v in _state_checksums({PARAMS: params}).items()},
               CONFIG: integrity.json_digest(config_dict),

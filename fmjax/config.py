@@ -26,16 +26,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from = ""  # finetune: pretrain workdir, one of its checkpoint step dirs, or an export
 
     c.model = m = ml_collections.ConfigDict()
-    m.family = "gpt2"  # registered model family (fmjax/models/): gpt2 | llama
+    m.family = "gpt2"  # registered model family (fmjax/models/): gpt2 | llama | bert | t5 | t5_1_1
     m.vocab_size = 4096  # embedding rows; must equal the tokenizer's vocab size
     m.seq_len = 256  # tokens per packed training row
     m.d_model = 256  # residual stream width D
-    m.n_layers = 4  # transformer blocks L
+    m.n_layers = 4  # transformer blocks L (encoder-decoder: encoder blocks)
+    m.n_decoder_layers = 0  # encoder-decoder (t5): decoder blocks; 0 = n_layers
     m.n_heads = 4  # query heads H
     m.n_kv_heads = 0  # key/value heads for grouped-query attention; 0 = n_heads
     m.head_dim = 0  # per-head width K; 0 = d_model // n_heads
-    m.d_ff = 0  # MLP hidden width F; 0 = family default (gpt2: 4D, llama: 8D/3 rounded to 256)
-    m.max_positions = 0  # learned position table size (gpt2); 0 = seq_len
+    m.d_ff = 0  # MLP hidden width F; 0 = family default (gpt2, bert, t5: 4D; llama, t5_1_1: 8D/3 rounded up to 256)
+    m.max_positions = 0  # learned position table size (gpt2, bert); 0 = seq_len
+    m.type_vocab_size = 2  # bert: token-type (segment A/B) embedding rows
+    m.relative_buckets = 32  # t5: relative-position buckets of the attention bias
+    m.relative_max_distance = 128  # t5: relative distance from which the last bucket is shared
     m.norm_eps = 1e-5  # epsilon of LayerNorm / RMSNorm
     m.rope_theta = 10000.0  # RoPE base frequency (llama)
     m.tie_embeddings = ml_collections.FieldReference(None, field_type=bool)  # None = family default
@@ -45,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.scan_layers = True  # nn.scan over blocks: one compiled block, fast compile for deep models
     m.remat_policy = "none"  # none | full | dots | dots_no_batch | save_qkv_proj | minimal
     m.attention_impl = "auto"  # auto (fmjax on CPU, else xla) | fmjax (layers.attention_core) | xla | cudnn (jax.nn.dot_product_attention)
-    m.init_std = 0.02  # normal init std of weight matrices
+    m.init_std = 0.0  # normal init std of weight matrices; 0 = family default (0.02; t5: 1.0 = multiplier of T5's fan-in stds)
     m.vocab_multiple = 1  # pad embedding rows to a multiple (speed); 1 keeps published counts
 
     c.tokenizer = t = ml_collections.ConfigDict()
@@ -56,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.bos_id = 1  # beginning-of-document id
     t.eos_id = 2  # end-of-document id
     t.unk_id = 3  # unknown id (unused with byte fallback, but reserved)
+    t.extra_ids = 0  # ids after the pieces: vocab_size = pieces + extra_ids; [MASK] / sentinel k = vocab_size - 1 - k
 
     c.data = d = ml_collections.ConfigDict()
     d.source = "stdlib"  # stdlib | local_text | a TFDS name such as tiny_shakespeare
@@ -104,6 +109,18 @@ def base_config() -> ml_collections.ConfigDict:
     o.clip_norm = 1.0  # global gradient-norm clip (0 = off)
     o.z_loss = 0.0  # coefficient of log(Z)^2 auxiliary loss (PaLM uses 1e-4)
 
+    c.mlm = ml = ml_collections.ConfigDict()  # objective=mlm (BERT, Devlin et al. 2019, sec. 3.1)
+    ml.mask_rate = 0.15  # fraction of each row's real non-special tokens chosen as targets
+    ml.mask_fraction = 0.8  # of the chosen tokens: replaced by [MASK] (id vocab_size - 1)
+    ml.random_fraction = 0.1  # of the chosen tokens: replaced by a random regular id (rest kept)
+
+    c.span_corruption = sc = ml_collections.ConfigDict()  # objective=span_corruption (T5)
+    sc.noise_density = 0.15  # fraction of each packed row's raw tokens that are noise
+    sc.mean_span_length = 3.0  # mean length of a noise span (num_spans = noise / this)
+
+    c.prefix_lm = pl = ml_collections.ConfigDict()  # objective=prefix_lm
+    pl.min_prefix = 1  # shortest random prefix of a segment (tokens); the longest is len - 1
+
     c.task = tk = ml_collections.ConfigDict()
     tk.name = "lm"  # finetune task: lm (causal LM, prompt tokens masked) | classification
     tk.num_classes = 0  # classification: number of labels; 0 = read from the dataset
@@ -132,9 +149,11 @@ def base_config() -> ml_collections.ConfigDict:
 SHAPE_KEYS = ("model.family", "model.vocab_size", "model.d_model", "model.n_layers",
               "model.n_heads", "model.n_kv_heads", "model.head_dim", "model.d_ff",
               "model.max_positions", "model.tie_embeddings", "model.scan_layers",
+              "model.n_decoder_layers", "model.type_vocab_size", "model.relative_buckets",
               "optim.name")
 DATA_ORDER_KEYS = ("seed", "data.source", "data.paths", "data.shuffle", "data.shuffle_buffer",
-                   "model.seq_len", "train.global_batch_size")
+                   "model.seq_len", "train.global_batch_size", "objective",
+                   "span_corruption.noise_density", "span_corruption.mean_span_length")
 
 
 def get(config: ml_collections.ConfigDict, dotted: str) -> Any:

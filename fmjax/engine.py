@@ -56,6 +56,7 @@ def build(config, mesh, *, model=None, model_config=None, objective=None,
     if model is None:
         model, model_config = models.build(config)
     objective = objective or objectives.get(config)
+    objectives.check_model_kind(objective, models.get_family(model_config.family).kind, config)
     tx, schedule = optim.make_optimizer(config)
     trainable = None
     if config.lora.rank > 0:

@@ -63,16 +63,31 @@ class Report:
         return "\n".join(lines)
 
 
-def inherit_pretrained(config, saved: dict):
-    """config with the pretrained run's model shape and tokenizer ids (a copy)."""
+def inherit_pretrained(config, saved: dict, *, tokenizer_ids: bool = True):
+    """config with the pretrained run's model shape and (with `tokenizer_ids`) tokenizer ids
+    (a copy)."""
     config = config_lib.from_json_dict(json.loads(config_lib.to_json(config)))
     pretrained = config_lib.from_json_dict(saved)
     for key in config_lib.flat_keys(pretrained.model):
         if key not in RUNTIME_KEYS:
             config.model[key] = pretrained.model[key]
-    for key in ("pad_id", "bos_id", "eos_id", "unk_id", "model_type"):
+    for key in ("pad_id", "bos_id", "eos_id", "unk_id", "model_type") if tokenizer_ids else ():
         config.tokenizer[key] = pretrained.tokenizer[key]
     return config
+
+
+def own_tokenizer_bytes(config, source: str) -> bytes:
+    """config.tokenizer.path's bytes, for a pretrained checkpoint that stores no tokenizer (one
+    converted from a Hugging Face model whose tokenizer is not SentencePiece)."""
+    path = os.path.expanduser(config.tokenizer.path)
+    if not path or not os.path.isfile(path):
+        raise config_lib.ConfigError(
+            f"config.tokenizer.path = {config.tokenizer.path!r}: config.init_from = {source} "
+            "stores no tokenizer (converted from a Hugging Face model without a SentencePiece "
+            "tokenizer.model); set --config.tokenizer.path to a SentencePiece .model whose "
+            "pieces match the model's vocabulary (and --config.tokenizer.*_id to its ids)")
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _subtree(tree, path):
@@ -158,7 +173,10 @@ def finetune(config, workdir: str) -> Report:
     # the step directory (or export) is resolved once: a workdir's latest step could move on
     source, _ = checkpoint.resolve_params_source(config.init_from)
     saved, tokenizer_bytes = checkpoint.read_source(source)
-    config = inherit_pretrained(config, saved)
+    has_tokenizer = bool(tokenizer_bytes)
+    if not has_tokenizer:
+        tokenizer_bytes = own_tokenizer_bytes(config, source)
+    config = inherit_pretrained(config, saved, tokenizer_ids=has_tokenizer)
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
         with open(checkpoint.tokenizer_path(workdir), "wb") as f:

@@ -1,12 +1,13 @@
 """python -m fmjax.generate --workdir=DIR --prompt=TEXT [--max_new_tokens --temperature --top_k
---top_p --num_samples --seed --step]: samples from a run's latest (or given) checkpoint with the
-run's own tokenizer, decoding with a KV cache."""
+--top_p --num_samples --seed --step --tokenizer]: samples from a run's latest (or given)
+checkpoint, or from an export (fmjax.export, fmjax.convert import), with the run's own tokenizer,
+decoding with a KV cache."""
 from absl import flags
 
 from fmjax import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Run directory written by fmjax.train.")
+flags.DEFINE_string("workdir", None, "Run directory written by fmjax.train, or an export.")
 flags.DEFINE_string("prompt", "", "Text to continue.")
 flags.DEFINE_integer("max_new_tokens", 128, "Tokens to generate per sample.")
 flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
@@ -15,37 +16,60 @@ flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
 flags.DEFINE_integer("num_samples", 1, "Independent samples of the prompt.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.DEFINE_string("tokenizer", None, "SentencePiece .model to use instead of the checkpoint's "
+                    "(needed when it stores none, e.g. a GPT-2 converted from Hugging Face).")
 flags.mark_flag_as_required("workdir")
 
 
-def load_run(workdir: str, step: int | None = None):
-    """(engine, params, tokenizer, step) of a training run's checkpoint (params only, verified
-    against its checksums), on all local devices."""
+def _tokenizer_file(workdir: str, tokenizer_bytes: bytes) -> str:
+    """The run's own tokenizer file, or the checkpoint's tokenizer (an export) in a temporary
+    file removed at exit."""
+    import atexit
+    import os
+    import tempfile
+    from fmjax import checkpoint
+    if os.path.isfile(checkpoint.tokenizer_path(workdir)):
+        return checkpoint.tokenizer_path(workdir)
+    if not tokenizer_bytes:
+        raise SystemExit(f"error: {workdir} stores no tokenizer (a checkpoint converted from a "
+                         "Hugging Face model whose tokenizer is not SentencePiece); pass "
+                         "--tokenizer=PATH.model")
+    with tempfile.NamedTemporaryFile(suffix=".model", delete=False) as f:
+        f.write(tokenizer_bytes)
+    atexit.register(os.remove, f.name)
+    return f.name
+
+
+def load_run(workdir: str, step: int | None = None, tokenizer_path: str | None = None):
+    """(engine, params, tokenizer, step) of a training run's checkpoint or of an export (params
+    only, verified against its checksums; step -1 for an export), on all local devices."""
     import os
     from fmjax import checkpoint, config as config_lib, engine as engine_lib, mesh as mesh_lib
     from fmjax.data import tokenizer as tokenizer_lib
     source = workdir if step is None else os.path.join(checkpoint.checkpoint_dir(workdir), str(step))
     directory, _ = checkpoint.resolve_params_source(source)
-    config = config_lib.from_json_dict(checkpoint.read_source(directory)[0])
+    config_dict, tokenizer_bytes = checkpoint.read_source(directory)
+    config = config_lib.from_json_dict(config_dict)
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
-    config.tokenizer.path = checkpoint.tokenizer_path(workdir)
+    config.tokenizer.path = tokenizer_path or _tokenizer_file(workdir, tokenizer_bytes)
     tokenizer = tokenizer_lib.ensure_tokenizer(config)
     engine = engine_lib.build(config, mesh_lib.make_mesh(config))
     params, _, _ = checkpoint.load_params(directory, engine.abstract_state.params,
                                           engine.shardings.params)
-    return engine, params, tokenizer, int(os.path.basename(directory))
+    name = os.path.basename(directory.rstrip("/"))
+    return engine, params, tokenizer, int(name) if name.isdigit() else -1
 
 
 def main(argv):
     cli.no_extra_args(argv)
-    engine, params, tokenizer, step = load_run(FLAGS.workdir, FLAGS.step)
+    engine, params, tokenizer, step = load_run(FLAGS.workdir, FLAGS.step, FLAGS.tokenizer)
     from fmjax import sampling
     texts = sampling.sample_texts(engine, params, tokenizer, FLAGS.prompt, max_new_tokens=FLAGS.max_new_tokens,
                                     temperature=FLAGS.temperature, top_k=FLAGS.top_k,
                                     top_p=FLAGS.top_p, num_samples=FLAGS.num_samples,
                                     seed=FLAGS.seed)
     for i, text in enumerate(texts):
-        print(f"--- sample {i} (step {step}) ---\n{text}")
+        print(f"--- sample {i} ({f'step {step}' if step >= 0 else 'export'}) ---\n{text}")
 
 
 if __name__ == "__main__":

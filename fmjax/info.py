@@ -1,5 +1,7 @@
 """python -m fmjax.info --config=configs/NAME.py : parameter count and per-module breakdown,
-from jax.eval_shape (nothing is allocated). The last line is JSON with a `params` key."""
+from jax.eval_shape (nothing is allocated). The last line is JSON with `params` (the published
+count: heads a paper does not count, e.g. BERT's MLM head, are listed under `excluded`) and
+`total_params` (everything)."""
 import json
 
 import jax
@@ -21,27 +23,44 @@ def breakdown(abstract_params, depth: int = 2) -> dict[str, int]:
 
 
 def summarize(config) -> dict:
+    """`params` is the published count: every parameter but the family's uncounted heads
+    (Family.uncounted_params, e.g. BERT's MLM head), which `excluded` lists; `total_params`
+    counts everything the model holds. `breakdown` covers the counted params."""
     from fmjax import models, state
     model, cfg = models.build(config)
+    family = models.get_family(cfg.family)
     abstract, _ = state.abstract_params(model, cfg.seq_len)
     total = state.count_params(abstract)
-    return {"family": cfg.family, "params": total, "breakdown": breakdown(abstract),
+    excluded = {name: state.count_params(abstract[name])
+                for name in family.uncounted_params if name in abstract}
+    counted = {k: v for k, v in abstract.items() if k not in excluded}
+    info = {"family": cfg.family, "kind": family.kind, "params": total - sum(excluded.values()),
+            "total_params": total, "excluded": excluded, "breakdown": breakdown(counted),
             "layers": cfg.n_layers, "d_model": cfg.d_model, "n_heads": cfg.n_heads,
             "n_kv_heads": cfg.n_kv_heads, "d_ff": cfg.d_ff, "vocab_size": cfg.vocab_size,
             "seq_len": cfg.seq_len}
+    if family.kind == "encoder_decoder":
+        info["decoder_layers"] = cfg.n_decoder_layers
+    return info
 
 
 def main(argv):
     cli.no_extra_args(argv)
     info = summarize(cli.load_config())
-    print(f"{info['family']}: {info['layers']} layers, d_model {info['d_model']}, "
+    layers = f"{info['layers']} layers"
+    if "decoder_layers" in info:
+        layers = f"{info['layers']} encoder + {info['decoder_layers']} decoder layers"
+    print(f"{info['family']} ({info['kind']}): {layers}, d_model {info['d_model']}, "
           f"{info['n_heads']} heads ({info['n_kv_heads']} kv), d_ff {info['d_ff']}, "
           f"vocab {info['vocab_size']}, seq {info['seq_len']}")
-    width = max(len(k) for k in info["breakdown"])
+    width = max(len(k) for k in [*info["breakdown"], "total"])
     for name, n in info["breakdown"].items():
         print(f"  {name:<{width}}  {n:>15,}  {100 * n / info['params']:5.1f}%")
     print(f"  {'total':<{width}}  {info['params']:>15,}")
-    print(json.dumps({"params": info["params"], "family": info["family"]}))
+    for name, n in info["excluded"].items():
+        print(f"  not counted: {name} {n:,} (total with it: {info['total_params']:,})")
+    print(json.dumps({"params": info["params"], "total_params": info["total_params"],
+                      "excluded": info["excluded"], "family": info["family"]}))
 
 
 if __name__ == "__main__":

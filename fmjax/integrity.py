@@ -58,3 +58,37 @@ def mismatches(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
     """Leaf paths whose checksum differs, or that one side lacks."""
     keys = sorted(set(expected) | set(actual))
     return [k for k in keys if expected.get(k) != actual.get(k)]
+
+
+class LeafChecksum:
+    """`tree_checksums`' value for one leaf, computed on the host from consecutive pieces of it
+    (e.g. one layer of a stacked leaf at a time), so a checkpoint written piece by piece
+    (fmjax/hf: Hugging Face imports) is checksummed without holding the whole leaf.
+
+    update() takes the leaf's elements in row-major order, in any number of pieces."""
+
+    BLOCK = 1 << 20  # elements hashed at a time: bounds the uint32 temporaries (4 MiB each)
+
+    def __init__(self):
+        self._index = 0
+        self._sum = np.uint32(0)
+        self._weighted = np.uint32(0)
+
+    def update(self, piece) -> None:
+        flat = np.ascontiguousarray(piece).reshape(-1)
+        if flat.dtype == np.bool_:
+            flat = flat.astype(np.uint8)
+        width = {1: np.uint8, 2: np.uint16, 4: np.uint32}[flat.dtype.itemsize]
+        bits = flat.view(width)
+        with np.errstate(over="ignore"):
+            for start in range(0, bits.size, self.BLOCK):
+                u = bits[start:start + self.BLOCK].astype(np.uint32)
+                index = np.arange(self._index + start, self._index + start + u.size,
+                                  dtype=np.uint64).astype(np.uint32)  # wraps like jax's iota
+                weights = index * _GOLDEN | np.uint32(1)
+                self._sum = np.uint32(self._sum + np.sum(u, dtype=np.uint32))
+                self._weighted = np.uint32(self._weighted + np.sum(u * weights, dtype=np.uint32))
+        self._index += bits.size
+
+    def hexdigest(self) -> str:
+        return f"{int(self._sum):08x}{int(self._weighted):08x}"

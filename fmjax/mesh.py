@@ -29,6 +29,8 @@ LOGICAL_RULES = (
     ("vocab", "tensor"),
     ("layers", None),
     ("positions", None),
+    ("token_types", None),  # BERT's token-type table (2 rows)
+    ("relative_buckets", None),  # T5's relative-position bias table [buckets, heads]
 )
 
 

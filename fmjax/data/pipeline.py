@@ -4,7 +4,9 @@ Train: documents of this process's shard -> seeded shuffle per epoch (order = f(
 index)), repeated forever -> tokenize -> chunk + first-fit pack into rows of T tokens -> seeded
 window shuffle of rows -> batches of B_local = global_batch_size // process_count rows. Each
 batch is a dict of int32 numpy arrays `tokens_BT`, `segment_ids_BT`, `positions_BT` under the
-keys 'tokens', 'segment_ids', 'positions'. The iterator's `get_state()` / `set_state()` (and
+keys 'tokens', 'segment_ids', 'positions'. T is the objective's raw row length
+(`objectives.row_length(config)`: model.seq_len, or more for span corruption, whose encoder
+input is then exactly seq_len). The iterator's `get_state()` / `set_state()` (and
 orbax via `grain.checkpoint.CheckpointSave` / `CheckpointRestore`) resume it exactly.
 
 Eval: the validation split, unshuffled and cycled, packed the same way; identical every call.
@@ -19,6 +21,7 @@ import grain
 import jax
 import numpy as np
 
+from fmjax import objectives
 from fmjax.config import ConfigError
 from fmjax.data.packing import TokenizeDocument, pack_documents
 from fmjax.data.sources import get_source
@@ -60,10 +63,13 @@ def shard_documents(source, index: int, count: int, split: str) -> grain.MapData
 
 
 def packed_batches(documents: grain.MapDataset, config, tokenizer, batch_size: int,
-                   *, row_shuffle_seed: int | None) -> grain.IterDataset:
-    """Document stream -> tokenized -> packed rows -> (window-shuffled) batches of rows."""
+                   *, row_shuffle_seed: int | None,
+                   row_length: int | None = None) -> grain.IterDataset:
+    """Document stream -> tokenized -> packed rows -> (window-shuffled) batches of rows.
+    Rows hold `row_length` tokens; None = the objective's (`objectives.row_length(config)`)."""
     token_streams = documents.map(TokenizeDocument(tokenizer)).to_iter_dataset(READ_OPTIONS)
-    rows = pack_documents(token_streams, seq_len=config.model.seq_len, pad_id=tokenizer.pad_id,
+    row_length = row_length or objectives.row_length(config)
+    rows = pack_documents(token_streams, seq_len=row_length, pad_id=tokenizer.pad_id,
                           num_bins=PACKING_BINS)
     if row_shuffle_seed is not None and config.data.shuffle_buffer > 1:
         rows = grain.experimental.WindowShuffleIterDataset(
@@ -72,7 +78,8 @@ def packed_batches(documents: grain.MapDataset, config, tokenizer, batch_size: i
 
 
 def train_dataset(config, tokenizer, *, process_index: int | None = None,
-                  process_count: int | None = None) -> grain.IterDataset:
+                  process_count: int | None = None,
+                  row_length: int | None = None) -> grain.IterDataset:
     index, count, batch_size = process_shard(config, process_index, process_count)
     documents = shard_documents(get_source(config, "train"), index, count, "train")
     if config.data.shuffle:
@@ -80,7 +87,7 @@ def train_dataset(config, tokenizer, *, process_index: int | None = None,
     documents = documents.repeat()  # Epoch e is shuffled with a seed folded with e.
     row_seed = derive_seed(config.seed, "rows") if config.data.shuffle else None
     return with_workers(packed_batches(documents, config, tokenizer, batch_size,
-                                       row_shuffle_seed=row_seed), config)
+                                       row_shuffle_seed=row_seed, row_length=row_length), config)
 
 
 def with_workers(batches: grain.IterDataset, config) -> grain.IterDataset:
@@ -112,19 +119,23 @@ def one_pass_rows(num_examples: int, process_count: int, batch_size: int) -> int
 
 
 def make_train_iterator(config, tokenizer, *, process_index: int | None = None,
-                        process_count: int | None = None) -> grain.DatasetIterator:
-    """An endless, checkpointable iterator over this process's training batches."""
+                        process_count: int | None = None,
+                        row_length: int | None = None) -> grain.DatasetIterator:
+    """An endless, checkpointable iterator over this process's training batches (rows of
+    `row_length` tokens; None = the objective's row length)."""
     return iter(train_dataset(config, tokenizer, process_index=process_index,
-                              process_count=process_count))
+                              process_count=process_count, row_length=row_length))
 
 
 def make_eval_batches(config, tokenizer, *, process_index: int | None = None,
-                      process_count: int | None = None) -> list[dict[str, np.ndarray]]:
-    """`config.train.eval_batches` validation batches for this process, the same every call."""
+                      process_count: int | None = None,
+                      row_length: int | None = None) -> list[dict[str, np.ndarray]]:
+    """`config.train.eval_batches` validation batches for this process, the same every call
+    (rows of `row_length` tokens; None = the objective's row length)."""
     index, count, batch_size = process_shard(config, process_index, process_count)
     documents = shard_documents(get_source(config, "validation"), index, count, "validation")
     batches = iter(packed_batches(documents.repeat(), config, tokenizer, batch_size,
-                                  row_shuffle_seed=None))
+                                  row_shuffle_seed=None, row_length=row_length))
     return [next(batches) for _ in range(config.train.eval_batches)]
 
 

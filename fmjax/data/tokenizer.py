@@ -150,13 +150,17 @@ class Tokenizer:
         return self._sp.id_to_piece(int(token_id))
 
     def check_against(self, config) -> None:
-        """Raises TokenizerMismatchError naming the config field that disagrees, and the fix."""
-        if self.vocab_size != config.model.vocab_size:
+        """Raises TokenizerMismatchError naming the config field that disagrees, and the fix.
+        The model's vocabulary is the tokenizer's pieces plus `tokenizer.extra_ids` ids after
+        them ([MASK], sentinels), so pieces must equal model.vocab_size - tokenizer.extra_ids."""
+        extra = config.tokenizer.extra_ids
+        if self.vocab_size != pieces_for(config):
             raise TokenizerMismatchError(
-                f"config.model.vocab_size = {config.model.vocab_size} but the tokenizer "
-                f"{self.path} has {self.vocab_size} pieces; set --config.model.vocab_size="
-                f"{self.vocab_size} (to pad the embedding table for speed, use "
-                "--config.model.vocab_multiple, not a larger vocab_size)")
+                f"config.model.vocab_size = {config.model.vocab_size} with "
+                f"config.tokenizer.extra_ids = {extra} expects {pieces_for(config)} pieces but "
+                f"the tokenizer {self.path} has {self.vocab_size} pieces; set "
+                f"--config.model.vocab_size={self.vocab_size + extra} (to pad the embedding "
+                "table for speed, use --config.model.vocab_multiple, not a larger vocab_size)")
         for name in SPECIAL_IDS:
             expected, actual = config.tokenizer[name], getattr(self, name)
             if expected != actual:
@@ -181,17 +185,31 @@ def sample_texts(source, max_chars: int) -> Iterator[str]:
     return limit_chars((source[int(i)]["text"] for i in order), max_chars)
 
 
+def pieces_for(config) -> int:
+    """SentencePiece pieces of the config's tokenizer: model.vocab_size - tokenizer.extra_ids
+    (the extra ids, e.g. [MASK] and T5 sentinels, sit after the pieces)."""
+    extra = config.tokenizer.extra_ids
+    if not 0 <= extra < config.model.vocab_size:
+        raise ConfigError(
+            f"config.tokenizer.extra_ids = {extra}: must be >= 0 and below model.vocab_size = "
+            f"{config.model.vocab_size}; set --config.tokenizer.extra_ids (0 unless the "
+            "objective needs ids outside the tokenizer: mlm 1, span_corruption its span count)")
+    return config.model.vocab_size - extra
+
+
 def tokenizer_cache_path(config, source_identity: str) -> str:
     t = config.tokenizer
-    key = json.dumps([RECIPE_VERSION, source_identity, config.model.vocab_size, t.model_type,
+    pieces = pieces_for(config)
+    key = json.dumps([RECIPE_VERSION, source_identity, pieces, t.model_type,
                       t.train_chars, [t[name] for name in SPECIAL_IDS]])
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     return os.path.join(tfds_data_dir(config), "fmjax_tokenizers", f"spm-{t.model_type}-"
-                        f"{config.model.vocab_size}-{digest}.model")
+                        f"{pieces}-{digest}.model")
 
 
 def ensure_tokenizer(config) -> Tokenizer:
-    """`config.tokenizer.path` if set; else one trained on the source's train split, cached."""
+    """`config.tokenizer.path` if set; else one with model.vocab_size - tokenizer.extra_ids
+    pieces trained on the source's train split, cached."""
     t = config.tokenizer
     if t.path:
         path = os.path.expanduser(t.path)
@@ -205,7 +223,7 @@ def ensure_tokenizer(config) -> Tokenizer:
     path = tokenizer_cache_path(config, source.identity)
     if not os.path.isfile(path):
         train_sentencepiece(sample_texts(source, t.train_chars),
-                            vocab_size=config.model.vocab_size, output_path=path,
+                            vocab_size=pieces_for(config), output_path=path,
                             model_type=t.model_type, pad_id=t.pad_id, bos_id=t.bos_id,
                             eos_id=t.eos_id, unk_id=t.unk_id)
     return Tokenizer(path)

@@ -37,6 +37,13 @@ class ModelConfig:
     remat_policy: str
     attention_impl: str
     init_std: float
+    n_decoder_layers: int = 0  # encoder-decoder: decoder blocks (resolved: never 0)
+    relative_buckets: int = 32  # T5 relative-position buckets
+    relative_max_distance: int = 128  # T5: distances from here on share the last bucket
+    type_vocab_size: int = 2  # BERT token-type (segment A/B) embeddings
+
+
+KINDS = ("decoder", "encoder", "encoder_decoder")  # call signatures: see each kind's module
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +54,15 @@ class Family:
     default_d_ff: Callable[[int], int]  # d_model -> MLP width when config.model.d_ff == 0
     default_tie_embeddings: bool
     position_params: Callable[[ModelConfig], int] = lambda cfg: 0  # excluded from 6N in MFU
+    kind: str = "decoder"  # decoder | encoder | encoder_decoder (models/decoder.py, bert.py, t5.py)
+    default_init_std: float = 0.02  # config.model.init_std when it is 0
+    # top-level param names outside the published parameter count (e.g. BERT's MLM head):
+    # fmjax.info reports them apart from `params`
+    uncounted_params: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"Family {self.name!r}: kind = {self.kind!r}; use one of {KINDS}")
 
 
 FAMILIES: Registry[Family] = Registry("fmjax.models", "model.family", "model family")
@@ -74,7 +90,10 @@ def resolve(model_config) -> ModelConfig:
         norm_eps=m.norm_eps, rope_theta=m.rope_theta,
         tie_embeddings=family.default_tie_embeddings if tie is None else bool(tie),
         dropout=m.dropout, dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,
-        remat_policy=m.remat_policy, attention_impl=m.attention_impl, init_std=m.init_std)
+        remat_policy=m.remat_policy, attention_impl=m.attention_impl,
+        init_std=m.init_std or family.default_init_std,
+        n_decoder_layers=m.n_decoder_layers or m.n_layers, relative_buckets=m.relative_buckets,
+        relative_max_distance=m.relative_max_distance, type_vocab_size=m.type_vocab_size)
 
 
 def build(config) -> tuple[nn.Module, ModelConfig]:

@@ -1,5 +1,10 @@
-"""Decoder-only Transformer assembled from fmjax.layers; families (gpt2.py, llama.py) choose
-the pieces through a `DecoderSpec` instead of branching here on a family name."""
+"""Decoder-only Transformer assembled from fmjax.layers (blocks: models/transformer.py);
+families (gpt2.py, llama.py) choose the pieces through a `DecoderSpec` instead of branching
+here on a family name.
+
+Params: embed/embedding [V, D], pos_embed/embedding [P, D] (learned positions only), layers/...
+(or layer_i/...: attn_norm, attn/{query,key,value,out}, mlp_norm, mlp/{up,[gate,]down}),
+final_norm, lm_head/kernel [D, V] (untied only)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fmjax import layers
+from fmjax.models.transformer import BlockSpec, make_norm, stack
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,67 +25,38 @@ class DecoderSpec:
     learned_positions: bool  # absolute position table (GPT-2) instead of RoPE (Llama)
     scaled_out_init: bool  # GPT-2: output projections init with std / sqrt(2 L)
 
+    def block_spec(self) -> BlockSpec:
+        return BlockSpec(norm=self.norm, mlp_activation=self.mlp_activation,
+                         use_bias=self.use_bias, use_rope=not self.learned_positions,
+                         init="gpt2" if self.scaled_out_init else "normal")
+
 
 def _dtype(name: str):
     return jnp.dtype(name)
 
 
-class Block(nn.Module):
-    """Pre-norm block: x + attn(norm(x)); x + mlp(norm(x))."""
-    cfg: object  # resolved config.model
-    spec: DecoderSpec
-    decode: bool = False
-    deterministic: bool = True
-
-    def _norm(self, name):
-        cfg = self.cfg
-        kw = dict(eps=cfg.norm_eps, dtype=_dtype(cfg.dtype), param_dtype=_dtype(cfg.param_dtype),
-                  name=name)
-        if self.spec.norm == "layernorm":
-            return layers.LayerNorm(use_bias=self.spec.use_bias, **kw)
-        return layers.RMSNorm(**kw)
-
-    @nn.compact
-    def __call__(self, x_BTD, segment_ids_BT, positions_BT):
-        cfg, spec = self.cfg, self.spec
-        dtype, param_dtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
-        out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5 if spec.scaled_out_init else cfg.init_std
-        drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
-
-        h_BTD = layers.Attention(
-            n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
-            use_bias=spec.use_bias, use_rope=not spec.learned_positions,
-            rope_theta=cfg.rope_theta, dropout=cfg.dropout, init_std=cfg.init_std,
-            out_init_std=out_std, implementation=cfg.attention_impl, dtype=dtype,
-            param_dtype=param_dtype, name="attn",
-        )(self._norm("attn_norm")(x_BTD), segment_ids_BT, positions_BT, decode=self.decode,
-          deterministic=self.deterministic)
-        x_BTD = layers.constrain(x_BTD + drop(h_BTD), "batch", "length", "embed")
-
-        h_BTD = layers.MLP(d_ff=cfg.d_ff, activation=spec.mlp_activation, use_bias=spec.use_bias,
-                           init_std=cfg.init_std, out_init_std=out_std, dtype=dtype,
-                           param_dtype=param_dtype, name="mlp")(self._norm("mlp_norm")(x_BTD))
-        x_BTD = layers.constrain(x_BTD + drop(h_BTD), "batch", "length", "embed")
-        return x_BTD
-
-
-class ScannedBlock(Block):
-    """Block with the (carry, _) -> (carry, _) signature nn.scan needs."""
-
-    def __call__(self, x_BTD, segment_ids_BT, positions_BT):
-        return super().__call__(x_BTD, segment_ids_BT, positions_BT), None
+def last_token_index(segment_ids_BT):
+    """[B] index of the last position with segment_ids > 0 (rows are left-aligned, padding 0
+    at the end; a packed row gives its last document's last token); 0 for an all-padding row."""
+    positions_BT = jnp.broadcast_to(jnp.arange(segment_ids_BT.shape[1]), segment_ids_BT.shape)
+    return jnp.max(jnp.where(segment_ids_BT > 0, positions_BT, 0), axis=1)
 
 
 class Decoder(nn.Module):
     """tokens [B, T] -> logits [B, T, V] (float32).
+
+    prefix_mask_BT (prefix LM): nonzero on each segment's bidirectional prefix; a token sees
+    the real tokens of its segment at earlier positions or inside the prefix. None = causal.
 
     With `return_hidden=True` (tied embeddings only) it returns (final hidden [B, T, D], the
     embedding table [V_padded, D]) instead, so the loss can fuse the output layer
     (`objectives.output_cross_entropy`) without materialising the logits.
 
     With `return_features=True` it returns the final normalised hidden states [B, T, D] (tied
-    or not), for heads other than the LM head (models/classifier.py); an untied `lm_head` is
-    still declared, so the param tree is the same as with logits."""
+    or not), and with `return_pooled=True` the one of each row's last real token [B, D] (the
+    only position that has attended to the whole text), for heads other than the LM head
+    (models/classifier.py); an untied `lm_head` is still declared, so the param tree is the
+    same as with logits."""
     cfg: object
     spec: DecoderSpec
 
@@ -88,10 +65,15 @@ class Decoder(nn.Module):
         return bool(self.cfg.tie_embeddings)
 
     @nn.compact
-    def __call__(self, tokens_BT, segment_ids_BT=None, positions_BT=None, *, decode=False,
-                 deterministic=True, return_hidden=False, return_features=False):
+    def __call__(self, tokens_BT, segment_ids_BT=None, positions_BT=None, prefix_mask_BT=None, *,
+                 decode=False, deterministic=True, return_hidden=False, return_features=False,
+                 return_pooled=False):
         cfg, spec = self.cfg, self.spec
         dtype, param_dtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        last_B = None
+        if return_pooled:
+            last_B = (jnp.full((tokens_BT.shape[0],), tokens_BT.shape[1] - 1)
+                      if segment_ids_BT is None else last_token_index(segment_ids_BT))
         if segment_ids_BT is None:
             segment_ids_BT = jnp.ones_like(tokens_BT)
         if positions_BT is None:
@@ -107,17 +89,22 @@ class Decoder(nn.Module):
         x_BTD = nn.Dropout(cfg.dropout, deterministic=deterministic)(x_BTD)
         x_BTD = layers.constrain(x_BTD, "batch", "length", "embed")
 
-        x_BTD = self._blocks(x_BTD, segment_ids_BT, positions_BT, decode, deterministic)
+        inputs = (segment_ids_BT, positions_BT)
+        if prefix_mask_BT is not None:
+            inputs += (prefix_mask_BT,)
+        x_BTD = stack(cfg, spec.block_spec(), cfg.n_layers, x_BTD, *inputs, decode=decode,
+                      deterministic=deterministic)
 
-        norm_kw = dict(eps=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype, name="final_norm")
-        x_BTD = (layers.LayerNorm(use_bias=spec.use_bias, **norm_kw) if spec.norm == "layernorm"
-                 else layers.RMSNorm(**norm_kw))(x_BTD)
+        x_BTD = make_norm(cfg, spec.block_spec(), "final_norm")(x_BTD)
         lm_head = None if cfg.tie_embeddings else layers.Dense(
             (cfg.padded_vocab_size,), ("embed",), ("vocab",), init_std=cfg.init_std, dtype=dtype,
             param_dtype=param_dtype, name="lm_head")
-        if return_features:
+        if return_features or return_pooled:
             if lm_head is not None:
                 lm_head(x_BTD, weights_only=True)  # declares its kernel; no matmul
+            if return_pooled:
+                x_BD = jnp.take_along_axis(x_BTD, last_B[:, None, None], axis=1)[:, 0]
+                return layers.constrain(x_BD, "batch", "embed")
             return x_BTD
         if return_hidden:
             if not cfg.tie_embeddings:
@@ -132,25 +119,3 @@ class Decoder(nn.Module):
         if cfg.padded_vocab_size != cfg.vocab_size:  # padded rows never win
             logits_BTV = logits_BTV[..., :cfg.vocab_size]
         return logits_BTV.astype(jnp.float32)
-
-    def _blocks(self, x_BTD, segment_ids_BT, positions_BT, decode, deterministic):
-        cfg = self.cfg
-        policy = layers.REMAT_POLICIES[cfg.remat_policy]
-        if cfg.scan_layers:
-            block_cls = ScannedBlock
-            if cfg.remat_policy != "none":
-                block_cls = nn.remat(block_cls, policy=policy, prevent_cse=False)
-            stack = nn.scan(block_cls, variable_axes={"params": 0, "cache": 0},
-                            split_rngs={"params": True, "dropout": True},
-                            in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers,
-                            metadata_params={nn.PARTITION_NAME: "layers"})
-            x_BTD, _ = stack(cfg, self.spec, decode, deterministic, name="layers")(
-                x_BTD, segment_ids_BT, positions_BT)
-            return x_BTD
-        block_cls = Block
-        if cfg.remat_policy != "none":
-            block_cls = nn.remat(Block, policy=policy)
-        for i in range(cfg.n_layers):
-            x_BTD = block_cls(cfg, self.spec, decode, deterministic, name=f"layer_{i}")(
-                x_BTD, segment_ids_BT, positions_BT)
-        return x_BTD

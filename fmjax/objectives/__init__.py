@@ -1,19 +1,26 @@
 """Training objectives, registered by name and chosen by `config.objective`.
 
 An objective is a small object with
-  transform(batch, rng) -> {"inputs": model kwargs, "targets": [B, T], "weights": [B, T]}
-  (pure and jittable; the batch holds `tokens`, `segment_ids`, `positions`, all [B, T])
+  transform(batch, rng) -> {"inputs": model kwargs, "targets": [B, T'], "weights": [B, T']}
+      pure and jittable, deterministic given `rng`; the batch holds int32 `tokens`,
+      `segment_ids`, `positions`, all [B, R] (R = the packed row length below)
+  model_kinds: tuple[str, ...]   the model kinds it trains ("decoder", "encoder",
+      "encoder_decoder"; the family's `kind`), checked by `check_model_kind`
+  row_length(seq_len) -> int     OPTIONAL: raw tokens per packed row (span corruption packs
+      more than seq_len so that its encoder input is exactly seq_len); default seq_len
 and the shared loss below works on what it returns. A new objective is one file
 `fmjax/objectives/NAME.py` calling `register`; it is imported on first use of its name.
 """
 from __future__ import annotations
 
 import functools
+import pkgutil
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
+from fmjax.config import ConfigError
 from fmjax.registry import Registry
 
 OBJECTIVES: Registry[Callable[[Any], Any]] = Registry("fmjax.objectives", "objective",
@@ -34,6 +41,80 @@ def get(config):
 def get_named(name: str, config):
     """An objective chosen by the caller (fine-tune tasks) rather than by config.objective."""
     return OBJECTIVES.get(name)(config)
+
+
+def row_length(config) -> int:
+    """Raw tokens per packed row for `config.objective`: its `row_length(model.seq_len)` when it
+    defines one, else `model.seq_len`. The data pipeline packs rows of this length."""
+    objective = get(config)
+    if hasattr(objective, "row_length"):
+        return int(objective.row_length(config.model.seq_len))
+    return config.model.seq_len
+
+
+def check_model_kind(objective, family_kind: str, config) -> None:
+    """Raises ConfigError when `objective` cannot train a model of `family_kind` (an objective
+    without `model_kinds` accepts any kind)."""
+    kinds = getattr(objective, "model_kinds", None)
+    if kinds is None or family_kind in kinds:
+        return
+    wanted = " or ".join(kinds)
+    raise ConfigError(
+        f"config.objective = {config.objective!r} trains {wanted} models but "
+        f"config.model.family = {config.model.family!r} is of kind {family_kind}; set "
+        f"--config.model.family to a family of kind {wanted}, or --config.objective to one "
+        f"that trains {family_kind} models ({', '.join(_names_for_kind(family_kind, config))})")
+
+
+def _names_for_kind(kind: str, config) -> list[str]:
+    """Objectives in fmjax/objectives/ that train `kind` models and build under `config`."""
+    names = []
+    for module in pkgutil.iter_modules(__path__):
+        try:
+            objective = OBJECTIVES.get(module.name)(config)
+        except ConfigError:  # a helper module, or an objective this config cannot build
+            continue
+        if kind in getattr(objective, "model_kinds", ()):
+            names.append(module.name)
+    return names
+
+
+def special_ids(config) -> tuple[int, ...]:
+    """The tokenizer's special ids (pad, bos, eos, unk), sorted, without repeats."""
+    t = config.tokenizer
+    return tuple(sorted({t.pad_id, t.bos_id, t.eos_id, t.unk_id}))
+
+
+def regular_tokens(tokens_BT, segment_ids_BT, config):
+    """bool [B, T]: real tokens (segment > 0) that are ordinary pieces, i.e. not pad / bos /
+    eos / unk and not one of the extra ids. Only these are ever masked, corrupted or sampled."""
+    regular_BT = (segment_ids_BT > 0) & (
+        tokens_BT < config.model.vocab_size - config.tokenizer.extra_ids)
+    for special in special_ids(config):
+        regular_BT &= tokens_BT != special
+    return regular_BT
+
+
+def segment_offsets(segment_ids_BT):
+    """int32 [B, T]: each token's index inside its segment (a contiguous run of one segment id),
+    0 on padding (segment 0)."""
+    t_BT = jnp.broadcast_to(jnp.arange(segment_ids_BT.shape[-1]), segment_ids_BT.shape)
+    starts_BT = jnp.concatenate([jnp.ones_like(segment_ids_BT[..., :1], bool),
+                                 segment_ids_BT[..., 1:] != segment_ids_BT[..., :-1]], axis=-1)
+    start_index_BT = jax.lax.cummax(jnp.where(starts_BT, t_BT, 0), axis=segment_ids_BT.ndim - 1)
+    return jnp.where(segment_ids_BT > 0, t_BT - start_index_BT, 0).astype(jnp.int32)
+
+
+def require_extra_ids(config, needed: int, why: str) -> None:
+    """ConfigError unless `tokenizer.extra_ids` reserves at least `needed` ids at the end of
+    the vocabulary."""
+    extra = config.tokenizer.extra_ids
+    if extra < needed:
+        raise ConfigError(
+            f"config.tokenizer.extra_ids = {extra}: objective {config.objective!r} needs at "
+            f"least {needed} ids after the tokenizer's pieces ({why}); set "
+            f"--config.tokenizer.extra_ids={needed} (and --config.model.vocab_size to the "
+            f"tokenizer's pieces + {needed})")
 
 
 def cross_entropy(logits_BTV, targets_BT, weights_BT, z_loss: float = 0.0):

@@ -17,6 +17,8 @@ LOSS_MASK = "loss_mask"
 
 
 class CausalLM:
+    model_kinds = ("decoder",)  # decoder-only families (gpt2, llama)
+
     def transform(self, batch, rng=None):
         tokens_BT, segment_ids_BT = batch["tokens"], batch["segment_ids"]
         next_BT = jnp.roll(tokens_BT, -1, axis=1)

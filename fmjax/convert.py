@@ -1,0 +1,70 @@
+"""Hugging Face checkpoints in and out (local directories only; nothing is downloaded).
+
+  python -m fmjax.convert import --family=gpt2|llama --hf_dir=DIR --output=CKPT \\
+      [--noscan_layers] [--param_dtype=auto|float32|bfloat16|float16]
+  python -m fmjax.convert export --family=gpt2|llama --workdir_or_checkpoint=SRC \\
+      --output=HF_DIR [--dtype=auto|float32|bfloat16|float16] [--max_shard_mb=5120]
+
+import reads DIR/config.json and DIR/model.safetensors (or its shards and index) into a
+params-only checkpoint, the format of fmjax.export, with the matching fmjax config:
+`python -m fmjax.finetune --config.init_from=CKPT` and `python -m fmjax.generate --workdir=CKPT`
+read it. A SentencePiece DIR/tokenizer.model (Llama) is kept as the checkpoint's tokenizer;
+GPT-2's BPE files are not, so pass --config.tokenizer.path (finetune) or --tokenizer
+(generate). export writes config.json + model.safetensors that transformers' from_pretrained
+loads. Both stream one tensor at a time (fmjax/hf/).
+"""
+from absl import flags
+
+from fmjax import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("family", None, "Model family: gpt2 | llama (a module in fmjax/hf/).")
+flags.DEFINE_string("hf_dir", None, "import: local Hugging Face model directory.")
+flags.DEFINE_string("workdir_or_checkpoint", None,
+                    "export: fmjax run directory, one of its checkpoints/STEP, or an export.")
+flags.DEFINE_string("output", None, "Directory to write (must not exist).")
+flags.DEFINE_bool("scan_layers", True, "import: stack the blocks on a leading axis "
+                  "(config.model.scan_layers), as fmjax trains by default.")
+flags.DEFINE_string("param_dtype", "auto", "import: parameter dtype; auto = the checkpoint's.")
+flags.DEFINE_string("dtype", "auto", "export: tensor dtype; auto = the checkpoint's.")
+flags.DEFINE_integer("max_shard_mb", 5120, "export: largest safetensors shard (MiB).")
+flags.mark_flags_as_required(["family", "output"])
+
+
+def run_import():
+    from fmjax.hf import conversion
+    if not FLAGS.hf_dir:
+        raise SystemExit("error: import needs --hf_dir=DIR")
+    result = conversion.import_hf(FLAGS.family, FLAGS.hf_dir, FLAGS.output,
+                                  scan_layers=FLAGS.scan_layers, param_dtype=FLAGS.param_dtype)
+    m = result.config.model
+    print(f"imported {FLAGS.hf_dir} -> {result.path}: {m.family}, {result.num_params:,} "
+          f"parameters ({m.param_dtype}), {m.n_layers} layers, d_model {m.d_model}, vocab "
+          f"{m.vocab_size}; tokenizer: {'kept' if result.has_tokenizer else 'none'}")
+
+
+def run_export():
+    from fmjax.hf import conversion
+    if not FLAGS.workdir_or_checkpoint:
+        raise SystemExit("error: export needs --workdir_or_checkpoint=SRC")
+    conversion.export_hf(FLAGS.family, FLAGS.workdir_or_checkpoint, FLAGS.output,
+                         dtype=FLAGS.dtype, max_shard_bytes=FLAGS.max_shard_mb * 2**20)
+
+
+COMMANDS = {"import": run_import, "export": run_export}
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        raise SystemExit(f"error: give one command: {' | '.join(COMMANDS)} (got {argv[1:]})")
+    from fmjax.config import ConfigError
+    from fmjax.hf.mapping import MappingError
+    from fmjax.hf.safetensors_io import HFFormatError
+    try:
+        COMMANDS[argv[1]]()
+    except (ConfigError, MappingError, HFFormatError, FileExistsError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,246 @@
+"""Hugging Face directory <-> fmjax params-only checkpoint, one tensor at a time.
+
+import: config.json -> fmjax config (the family converter refuses what it cannot represent)
+-> the model's abstract params (jax.eval_shape: nothing allocated) -> every leaf a LazyLeaf
+reading its HF tensor (slice) when orbax writes it -> an export that `fmjax.finetune
+--config.init_from=` and `fmjax.generate --workdir=` read. A SentencePiece model in the
+directory (`Converter.tokenizer_files`: Llama's tokenizer.model, T5's spiece.model) becomes the
+checkpoint's tokenizer; other tokenizers (GPT-2's BPE, BERT's WordPiece) have no fmjax
+counterpart: the checkpoint then stores none (b"") and the readers need
+--config.tokenizer.path (fmjax.finetune) / --tokenizer (fmjax.generate).
+
+export: the reverse, into config.json + model.safetensors (sharded past `max_shard_bytes`)
+that transformers' from_pretrained loads, plus the SentencePiece model when the checkpoint has
+one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmjax import config as config_lib, models, state as state_lib
+from fmjax.hf import mapping, params_io
+from fmjax.hf.safetensors_io import HFDir, TensorSpec, write_model
+
+PARAM_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass
+class ImportResult:
+    path: str
+    config: object  # the fmjax ConfigDict saved with the checkpoint
+    num_params: int
+    param_bytes: int
+    largest_block_bytes: int  # the most host memory one LazyLeaf block needs
+    has_tokenizer: bool
+
+
+def _leaf_shapes(tree) -> dict[str, tuple[int, ...]]:
+    return {jax.tree_util.keystr(k, simple=True, separator="/"): tuple(x.shape)
+            for k, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _nest(flat: dict) -> dict:
+    tree: dict = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split("/")
+        node = tree
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return tree
+
+
+def _storage_dtype(hf: HFDir) -> str:
+    """The dtype of the checkpoint's largest tensor, as a config.model.param_dtype."""
+    largest = max(hf.tensors.values(), key=lambda t: t.nbytes)
+    name = jnp.dtype(largest.dtype).name
+    return name if name in PARAM_DTYPES else "float32"
+
+
+def _first_id(value) -> int:
+    """An HF token id field (int, list of ints or None) as an fmjax id (-1 = none)."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return -1 if value is None else int(value)
+
+
+def _tokenizer(converter: mapping.Converter, hf: HFDir, config, log) -> bytes:
+    """The SentencePiece model's bytes with config.tokenizer's ids taken from it, or b""
+    (none) with the ids of config.json."""
+    found = [os.path.join(hf.path, name) for name in converter.tokenizer_files
+             if os.path.isfile(os.path.join(hf.path, name))]
+    t = config.tokenizer
+    if not found:
+        t.pad_id, t.bos_id = _first_id(hf.config.get("pad_token_id")), _first_id(
+            hf.config.get("bos_token_id"))
+        t.eos_id, t.unk_id = _first_id(hf.config.get("eos_token_id")), -1
+        log(f"NOTE: {hf.path} has no SentencePiece {' or '.join(converter.tokenizer_files)} "
+            "(its tokenizer is not one "
+            "fmjax reads), so the checkpoint stores no tokenizer. Pass a SentencePiece model "
+            f"with {config.model.vocab_size} pieces whose ids match the model's: "
+            "--config.tokenizer.path=... (with the matching --config.tokenizer.*_id) to "
+            "fmjax.finetune, --tokenizer=... to fmjax.generate.")
+        return b""
+    import sentencepiece as spm
+    with open(found[0], "rb") as f:
+        data = f.read()
+    sp = spm.SentencePieceProcessor(model_proto=data)
+    t.pad_id, t.bos_id, t.eos_id, t.unk_id = sp.pad_id(), sp.bos_id(), sp.eos_id(), sp.unk_id()
+    if sp.get_piece_size() != config.model.vocab_size:
+        log(f"WARNING: {found[0]} has {sp.get_piece_size()} pieces but the model "
+            f"{config.model.vocab_size} embedding rows; fmjax.finetune checks that they are "
+            "equal")
+    return data
+
+
+def hf_to_config(converter: mapping.Converter, hf: HFDir, *, scan_layers: bool,
+                 param_dtype: str):
+    """The fmjax config of an HF directory (model fields from its converter)."""
+    model_type = hf.config.get("model_type")
+    if model_type not in converter.model_types:
+        raise mapping.UnsupportedHFConfig(
+            f"{hf.path}/config.json: model_type = {model_type!r}, but --family="
+            f"{converter.family} reads {list(converter.model_types)}; choose the family "
+            "matching the checkpoint")
+    config = config_lib.base_config()
+    config.model.family = converter.family
+    try:
+        fields = converter.config_from_hf(hf.config)
+    except mapping.UnsupportedHFConfig as e:
+        raise mapping.UnsupportedHFConfig(f"{hf.path}/{e}") from None
+    for key, value in fields.items():
+        *parents, leaf = key.split(".")
+        node = config if parents else config.model
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    param_dtype = _storage_dtype(hf) if param_dtype == "auto" else param_dtype
+    if param_dtype not in PARAM_DTYPES:
+        raise config_lib.ConfigError(f"--param_dtype={param_dtype}: use auto or one of "
+                                     f"{', '.join(PARAM_DTYPES)}")
+    config.model.param_dtype = param_dtype
+    config.model.dtype = "float32" if param_dtype == "float32" else "bfloat16"
+    config.model.scan_layers = scan_layers
+    config.model.vocab_multiple = 1
+    config.model.dropout = 0.0  # a runtime choice: fine-tune configs set their own
+    config.tokenizer.path = ""  # the checkpoint carries its tokenizer (if any)
+    return config
+
+
+def import_hf(family: str, hf_dir: str, output: str, *, scan_layers: bool = True,
+              param_dtype: str = "auto", log=print) -> ImportResult:
+    """Writes the fmjax params-only checkpoint `output` from the HF directory `hf_dir`."""
+    output = os.path.abspath(os.path.expanduser(output))
+    if os.path.exists(output):
+        raise FileExistsError(f"--output={output} exists; choose a new directory")
+    converter = mapping.get(family)
+    hf = HFDir(hf_dir)
+    config = hf_to_config(converter, hf, scan_layers=scan_layers, param_dtype=param_dtype)
+    tokenizer_bytes = _tokenizer(converter, hf, config, log)
+    model, cfg = models.build(config)
+    abstract, _ = state_lib.abstract_params(model, cfg.seq_len)
+    shapes = _leaf_shapes(abstract)
+    plan = mapping.plan(converter.links(cfg), shapes, scan_layers=cfg.scan_layers,
+                        vocab_size=cfg.vocab_size, family=family)
+    names = mapping.match_hf_names(list(plan.hf_shapes), list(hf.tensors),
+                                   converter.base_prefix, converter.ignored(cfg), family)
+    for name, shape in plan.hf_shapes.items():
+        stored = hf.tensors[names[name]].shape
+        if tuple(stored) != shape:
+            raise mapping.MappingError(f"{names[name]}: the checkpoint holds {tuple(stored)}, "
+                                       f"its config.json implies {shape}")
+    dtype = np.dtype(jnp.dtype(cfg.param_dtype))
+
+    def load(part: mapping.Placement) -> np.ndarray:
+        x = hf.read(names[part.hf_name], part.link.pack_axis, part.start, part.stop)
+        return part.link.to_fm(x, part.fm_shape, cfg.vocab_size).astype(dtype, copy=False)
+
+    def lazy(path: str) -> params_io.LazyLeaf:
+        parts = sorted(plan.by_fm[path], key=lambda p: -1 if p.layer is None else p.layer)
+        return params_io.LazyLeaf(shapes[path], dtype, parts[0].layer is not None,
+                                  lambda i: load(parts[i]))
+
+    leaves = {path: lazy(path) for path in shapes}
+    params_io.export_lazy(output, _nest(leaves), config.to_dict(), tokenizer_bytes, log=log)
+    return ImportResult(
+        path=output, config=config, num_params=sum(math.prod(s) for s in shapes.values()),
+        param_bytes=sum(leaf.nbytes for leaf in leaves.values()),
+        largest_block_bytes=max(leaf.nbytes // leaf.blocks for leaf in leaves.values()),
+        has_tokenizer=bool(tokenizer_bytes))
+
+
+def _hf_config(converter: mapping.Converter, cfg, tokenizer, dtype: str) -> dict:
+    hf = converter.config_to_hf(cfg)
+    ids = {"pad_token_id": tokenizer.pad_id, "bos_token_id": tokenizer.bos_id,
+           "eos_token_id": tokenizer.eos_id}
+    hf.update({k: (v if v >= 0 else None) for k, v in ids.items()})
+    hf["dtype"] = dtype
+    return hf
+
+
+def export_hf(family: str, source: str, output: str, *, dtype: str = "auto",
+              max_shard_bytes: int = 5 * 2**30, log=print) -> list[str]:
+    """Writes config.json + safetensors (+ tokenizer.model) of the fmjax checkpoint `source`
+    (a workdir, one of its step directories, or an export) to the new directory `output`.
+    Returns the files written."""
+    output = os.path.abspath(os.path.expanduser(output))
+    if os.path.exists(output):
+        raise FileExistsError(f"--output={output} exists; choose a new directory")
+    converter = mapping.get(family)
+    reader = params_io.LeafReader(source)
+    config = config_lib.from_json_dict(reader.config_dict)
+    if config.model.family != family:
+        raise config_lib.ConfigError(
+            f"{reader.directory} holds a {config.model.family!r} model (config.model.family); "
+            f"use --family={config.model.family}")
+    if config.lora.rank > 0:
+        raise config_lib.ConfigError(
+            f"{reader.directory}: config.lora.rank = {config.lora.rank}: merge the adapters "
+            "first with python -m fmjax.export (it folds them into the kernels)")
+    _, cfg = models.build(config)
+    plan = mapping.plan(converter.links(cfg), reader.shapes, scan_layers=cfg.scan_layers,
+                        vocab_size=cfg.vocab_size, family=family)
+    if dtype == "auto":
+        largest = max(reader.shapes, key=lambda k: math.prod(reader.shapes[k]))
+        dtype = jnp.dtype(reader.dtypes[largest]).name
+    if dtype not in PARAM_DTYPES:
+        raise config_lib.ConfigError(f"--dtype={dtype}: use auto or one of "
+                                     f"{', '.join(PARAM_DTYPES)}")
+    out_dtype = np.dtype(jnp.dtype(dtype))
+
+    def produce(hf_name: str) -> np.ndarray:
+        parts = plan.by_hf[hf_name]
+        values = [p.link.to_hf(reader.read(p.fm_path, p.layer), cfg.vocab_size) for p in parts]
+        return np.concatenate(values, axis=parts[0].link.pack_axis).astype(out_dtype)
+
+    # in declaration order a stacked leaf's blocks are read in order, so reading them also
+    # checksums the leaf (reader.verify below)
+    specs = [TensorSpec(name, out_dtype, shape, lambda name=name: produce(name))
+             for name, shape in plan.hf_shapes.items()]
+
+    tmp = output + ".tmp"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    files = write_model(tmp, specs, max_shard_bytes=max_shard_bytes)
+    reader.verify()  # before anything is at `output`
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(_hf_config(converter, cfg, config.tokenizer, dtype), f, indent=2,
+                  sort_keys=True)
+    files.append("config.json")
+    if reader.tokenizer_bytes:
+        name = converter.tokenizer_files[0]
+        with open(os.path.join(tmp, name), "wb") as f:
+            f.write(reader.tokenizer_bytes)
+        files.append(name)
+    os.replace(tmp, output)
+    log(f"wrote {len(plan.hf_shapes)} tensors ({dtype}) to {output}: {', '.join(files)}")
+    return files
