@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 
 from fmjax import mesh as mesh_lib
 from fmjax import flops, lora, models, objectives, optim, state as state_lib, step as step_lib
@@ -32,11 +34,27 @@ class Engine:
     def num_params(self) -> int:
         return state_lib.count_params(self.abstract_state.params)
 
+    def row_length(self) -> int:
+        """Raw tokens in one packed row: what the objective needs to fill model.seq_len."""
+        row_length = getattr(self.objective, "row_length", None)
+        return row_length(self.model_config.seq_len) if row_length else self.model_config.seq_len
+
+    def tokens_per_step(self) -> int:
+        return self.config.train.global_batch_size * self.row_length()
+
     def flops_per_token(self) -> float:
-        """Model FLOPs per trained token, fmjax's MFU convention (fmjax/flops.py)."""
+        """Model FLOPs per raw token of a row, fmjax's MFU convention (fmjax/flops.py)."""
         cfg = self.model_config
-        position_params = models.get_family(cfg.family).position_params(cfg)
-        return flops.flops_per_token(cfg, self.num_params(), position_params)
+        family = models.get_family(cfg.family)
+        if family.row_flops is None:
+            return flops.flops_per_token(cfg, self.num_params(), family.position_params(cfg))
+        rows = jax.ShapeDtypeStruct((1, self.row_length()), jnp.int32)
+        labels = jax.ShapeDtypeStruct((1,), jnp.int32)  # read by classification objectives
+        batch = {"tokens": rows, "segment_ids": rows, "positions": rows, "labels": labels,
+                 "weights": labels}
+        inputs = jax.eval_shape(lambda b: self.objective.transform(b, jax.random.PRNGKey(0))
+                                ["inputs"], batch)
+        return family.row_flops(cfg, {k: v.shape for k, v in inputs.items()}) / self.row_length()
 
     def run_train_step(self, state, batch):
         with mesh_lib.activate(self.mesh):

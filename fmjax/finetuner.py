@@ -71,6 +71,8 @@ def inherit_pretrained(config, saved: dict, *, tokenizer_ids: bool = True):
     for key in config_lib.flat_keys(pretrained.model):
         if key not in RUNTIME_KEYS:
             config.model[key] = pretrained.model[key]
+    # ids past the tokenizer's pieces belong to the embedding table ([MASK], sentinels)
+    config.tokenizer.extra_ids = pretrained.tokenizer.extra_ids
     for key in ("pad_id", "bos_id", "eos_id", "unk_id", "model_type") if tokenizer_ids else ():
         config.tokenizer[key] = pretrained.tokenizer[key]
     return config
@@ -201,12 +203,11 @@ def finetune(config, workdir: str) -> Report:
         return state.replace(params=_replace_subtree(state.params, path, pretrained))
 
     keeper = BestKeeper(config, workdir, engine, tokenizer_bytes)
-    tr = config.train
     plan = loop.Plan(
         engine=engine, train_iter=task.train_iter, init_state=init_state,
         evaluate=lambda params, abandon: task.evaluate(engine, params, abandon),
         tokenizer_bytes=tokenizer_bytes, flops_per_token=engine.flops_per_token(),
-        tokens_per_step=tr.global_batch_size * engine.model_config.seq_len, on_eval=keeper)
+        tokens_per_step=engine.tokens_per_step(), on_eval=keeper)
     if jax.process_index() == 0:
         trainable = (sum(x.size for x in jax.tree.leaves(engine.abstract_state.params[lora.LORA_KEY]))
                      if config.lora.rank > 0 else engine.num_params())

@@ -9,7 +9,7 @@ import os
 
 import jax
 
-from fmjax import checkpoint, engine as engine_lib, loop, mesh as mesh_lib, sampling
+from fmjax import checkpoint, engine as engine_lib, loop, mesh as mesh_lib, models, sampling
 from fmjax import config as config_lib
 from fmjax.data import pipeline, tokenizer as tokenizer_lib
 
@@ -92,7 +92,7 @@ def train(config, workdir: str) -> Report:
         init_state=engine.init_state,
         evaluate=lambda params, abandon: evaluate(engine, params, eval_batches, abandon),
         tokenizer_bytes=tokenizer_bytes, flops_per_token=engine.flops_per_token(),
-        tokens_per_step=tr.global_batch_size * engine.model_config.seq_len)
+        tokens_per_step=engine.tokens_per_step())
     if jax.process_index() == 0:
         print(f"model {engine.model_config.family}: {num_params:,} parameters; mesh "
               f"{dict(mesh.shape)}; {plan.tokens_per_step:,} tokens/step; "
@@ -103,7 +103,10 @@ def train(config, workdir: str) -> Report:
     if not eval_metrics and not result.preempted:
         eval_metrics = evaluate(engine, state.params, eval_batches)
     sample = ""
-    if jax.process_index() == 0 and not result.preempted:
+    kind = models.get_family(engine.model_config.family).kind
+    if kind != "decoder":
+        sample = f"(none: {engine.model_config.family} is an {kind} model; samples are for decoders)"
+    elif jax.process_index() == 0 and not result.preempted:
         sample = sampling.sample_texts(engine, state.params, tokenizer, tr.sample_prompt,
                                        max_new_tokens=tr.sample_tokens, temperature=0.8,
                                        top_k=40, seed=config.seed)[0]

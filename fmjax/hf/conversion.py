@@ -7,7 +7,10 @@ reading its HF tensor (slice) when orbax writes it -> an export that `fmjax.fine
 directory (`Converter.tokenizer_files`: Llama's tokenizer.model, T5's spiece.model) becomes the
 checkpoint's tokenizer; other tokenizers (GPT-2's BPE, BERT's WordPiece) have no fmjax
 counterpart: the checkpoint then stores none (b"") and the readers need
---config.tokenizer.path (fmjax.finetune) / --tokenizer (fmjax.generate).
+--config.tokenizer.path (fmjax.finetune) / --tokenizer (fmjax.generate). Embedding rows past
+the SentencePiece pieces (T5: 32,128 rows, 32,000 pieces) become config.tokenizer.extra_ids.
+Tied copies the checkpoint stores (T5's encoder/decoder.embed_tokens) are checked equal to
+the tensor they copy; heads it lacks (BertForMaskedLM's pooler) are initialised and named.
 
 export: the reverse, into config.json + model.safetensors (sharded past `max_shard_bytes`)
 that transformers' from_pretrained loads, plus the SentencePiece model when the checkpoint has
@@ -40,6 +43,7 @@ class ImportResult:
     param_bytes: int
     largest_block_bytes: int  # the most host memory one LazyLeaf block needs
     has_tokenizer: bool
+    fresh: tuple[str, ...] = ()  # param groups the checkpoint lacked, initialised (mapping.Fresh)
 
 
 def _leaf_shapes(tree) -> dict[str, tuple[int, ...]]:
@@ -94,11 +98,36 @@ def _tokenizer(converter: mapping.Converter, hf: HFDir, config, log) -> bytes:
         data = f.read()
     sp = spm.SentencePieceProcessor(model_proto=data)
     t.pad_id, t.bos_id, t.eos_id, t.unk_id = sp.pad_id(), sp.bos_id(), sp.eos_id(), sp.unk_id()
-    if sp.get_piece_size() != config.model.vocab_size:
-        log(f"WARNING: {found[0]} has {sp.get_piece_size()} pieces but the model "
-            f"{config.model.vocab_size} embedding rows; fmjax.finetune checks that they are "
-            "equal")
+    pieces, rows = sp.get_piece_size(), config.model.vocab_size
+    if pieces < rows:  # ids after the pieces (T5: 100 sentinels + 28 padding rows)
+        t.extra_ids = rows - pieces
+        log(f"NOTE: {found[0]} has {pieces} pieces and the model {rows} embedding rows: "
+            f"config.tokenizer.extra_ids = {t.extra_ids}")
+    elif pieces > rows:
+        log(f"WARNING: {found[0]} has {pieces} pieces but the model only {rows} embedding "
+            "rows; fmjax.finetune refuses the pair (model.vocab_size - tokenizer.extra_ids "
+            "must equal the pieces)")
     return data
+
+
+def _check_copies(hf: HFDir, copies: dict[str, str], family: str,
+                  chunk_bytes: int = 64 * 2**20) -> None:
+    """Each stored tied copy equals its original bitwise, compared a block of rows at a time."""
+    for copy, original in copies.items():
+        a, b = hf.tensors[copy], hf.tensors[original]
+        same = a.shape == b.shape and a.dtype == b.dtype
+        if same and a.shape:
+            step = max(1, chunk_bytes * a.shape[0] // max(a.nbytes, 1))
+            same = all(np.array_equal(hf.read(copy, 0, i, i + step),
+                                      hf.read(original, 0, i, i + step))
+                       for i in range(0, a.shape[0], step))
+        elif same:
+            same = np.array_equal(hf.read(copy), hf.read(original))
+        if not same:
+            raise mapping.MappingError(
+                f"{copy} differs from {original}: fmjax's {family} holds them as one tensor "
+                f"(tied), as the checkpoint's config.json says HF does (fmjax/hf/{family}.py); "
+                "it cannot represent this checkpoint, so nothing was converted")
 
 
 def hf_to_config(converter: mapping.Converter, hf: HFDir, *, scan_layers: bool,
@@ -150,16 +179,24 @@ def import_hf(family: str, hf_dir: str, output: str, *, scan_layers: bool = True
     shapes = _leaf_shapes(abstract)
     plan = mapping.plan(converter.links(cfg), shapes, scan_layers=cfg.scan_layers,
                         vocab_size=cfg.vocab_size, family=family)
-    names = mapping.match_hf_names(list(plan.hf_shapes), list(hf.tensors),
-                                   converter.base_prefix, converter.ignored(cfg), family)
+    matched = mapping.match_hf_names(plan, list(hf.tensors), converter, cfg)
+    names = matched.names
     for name, shape in plan.hf_shapes.items():
-        stored = hf.tensors[names[name]].shape
+        stored = hf.tensors[names[name]].shape if name in names else shape
         if tuple(stored) != shape:
             raise mapping.MappingError(f"{names[name]}: the checkpoint holds {tuple(stored)}, "
                                        f"its config.json implies {shape}")
+    _check_copies(hf, matched.copies, family)
+    if matched.fresh_groups:
+        log(f"NOTE: {hf.path} has no {', '.join(matched.fresh_groups)} weights: initialised "
+            f"as transformers does (seed {config.seed}); train them before relying on them")
     dtype = np.dtype(jnp.dtype(cfg.param_dtype))
 
     def load(part: mapping.Placement) -> np.ndarray:
+        if part.hf_name not in names:  # a Fresh group the checkpoint lacks
+            x = part.link.fresh.value(part.fm_path, part.layer, part.fm_shape,
+                                      std=cfg.init_std, seed=config.seed)
+            return x.astype(dtype)
         x = hf.read(names[part.hf_name], part.link.pack_axis, part.start, part.stop)
         return part.link.to_fm(x, part.fm_shape, cfg.vocab_size).astype(dtype, copy=False)
 
@@ -174,7 +211,7 @@ def import_hf(family: str, hf_dir: str, output: str, *, scan_layers: bool = True
         path=output, config=config, num_params=sum(math.prod(s) for s in shapes.values()),
         param_bytes=sum(leaf.nbytes for leaf in leaves.values()),
         largest_block_bytes=max(leaf.nbytes // leaf.blocks for leaf in leaves.values()),
-        has_tokenizer=bool(tokenizer_bytes))
+        has_tokenizer=bool(tokenizer_bytes), fresh=matched.fresh_groups)
 
 
 def _hf_config(converter: mapping.Converter, cfg, tokenizer, dtype: str) -> dict:

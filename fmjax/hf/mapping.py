@@ -5,14 +5,17 @@ A family module (fmjax/hf/gpt2.py, llama.py, ...) registers a `Converter`: its H
 fields <-> config.model, and a list of `Link`s, each tying one fmjax param (per block, for
 params inside a `Stack` of blocks) to one HF tensor or to a slice of one (fused tensors such as
 GPT-2's c_attn are several links to the same HF name, concatenated in declaration order).
-Everything else is generic: scanned vs unrolled layouts, vocabulary padding, shape checks,
-tensors nobody maps, streaming.
+Everything else is generic: scanned vs unrolled layouts (several stacks, each with its own
+length: T5's encoder and decoder), vocabulary padding, shape checks, tensors nobody maps,
+other spellings of a name (`Converter.aliases`), tied copies that must equal the tensor they
+copy (`Converter.copies`), heads some checkpoints lack (`Fresh`), streaming.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
+import zlib
 from typing import Any, Callable
 
 import numpy as np
@@ -54,6 +57,29 @@ class Stack:
 
 
 @dataclasses.dataclass(frozen=True)
+class Fresh:
+    """Marks a link whose HF tensor some checkpoints lack (BertForMaskedLM saves no pooler,
+    BertModel no MLM head). When every tensor of `group` is absent, import initialises the
+    group's params as transformers does for weights missing from a checkpoint (`init`:
+    normal = N(0, config.model.init_std), zeros, ones; seeded by config.seed and the param
+    path) and says so; a group partly present is an error."""
+    group: str
+    init: str  # normal | zeros | ones
+
+    def __post_init__(self):
+        if self.init not in ("normal", "zeros", "ones"):
+            raise ValueError(f"Fresh {self.group}: init {self.init!r}")
+
+    def value(self, fm_path: str, layer: int | None, shape: tuple[int, ...], *, std: float,
+              seed: int) -> np.ndarray:
+        if self.init != "normal":
+            return (np.zeros if self.init == "zeros" else np.ones)(shape, np.float32)
+        rng = np.random.default_rng([seed, zlib.crc32(fm_path.encode()),
+                                     0 if layer is None else layer + 1])
+        return (std * rng.standard_normal(shape)).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
 class Link:
     """One fmjax param <-> one HF tensor (or its slice along the HF output axis).
 
@@ -64,13 +90,17 @@ class Link:
     n_in: leading fmjax dims that flatten into the HF input dim (query [D, H, K]: 1; out
       [H, K, D]: 2).
     vocab_axis: fmjax axis indexed by token id; fmjax may pad it (config.model.vocab_multiple),
-      HF holds exactly vocab_size rows."""
+      HF holds exactly vocab_size rows.
+    fresh: the checkpoint may lack the tensor (see `Fresh`); None: it must hold it.
+    A link without `stack` is one tensor even inside a stack's names (T5's relative attention
+    bias lives in block 0 only: "encoder.block.0.layer.0.SelfAttention...")."""
     fm: str  # param path under "params"; relative to the block when `stack` is set
     hf: str  # tensor name; "{i}" stands for the block index
     layout: str
     n_in: int = 1
     stack: Stack | None = None
     vocab_axis: int | None = None
+    fresh: Fresh | None = None
 
     def __post_init__(self):
         if self.layout not in ("vector", "matrix", "linear"):
@@ -142,6 +172,11 @@ class Converter:
     links: Callable[[Any], list[Link]]  # resolved ModelConfig -> every param's link
     # HF tensors with no fmjax counterpart that may be dropped (regexes, e.g. buffers)
     ignored: Callable[[Any], tuple[str, ...]] = lambda cfg: ()
+    # {HF name a link declares: other stored names that hold it when it is absent, in order}
+    aliases: Callable[[Any], dict[str, tuple[str, ...]]] = lambda cfg: {}
+    # {stored HF name: the declared HF name it is a tied copy of}: read and compared bitwise
+    # when present (a copy that differs means the HF model is not tied as fmjax's is: refused)
+    copies: Callable[[Any], dict[str, str]] = lambda cfg: {}
     # the headless HF base model (e.g. GPT2Model) saves names without this prefix
     base_prefix: str = ""
     # SentencePiece model files the HF directory may hold (T5: spiece.model), first found wins
@@ -238,26 +273,67 @@ def plan(links: list[Link], leaf_shapes: dict[str, tuple[int, ...]], *, scan_lay
     return Plan(by_hf, by_fm, hf_shapes, vocab_size)
 
 
-def match_hf_names(expected: list[str], stored: list[str], base_prefix: str,
-                   ignored: tuple[str, ...], family: str) -> dict[str, str]:
-    """{expected HF name: the stored name holding it}. The headless base model's names lack
-    `base_prefix`. Stored tensors nothing maps are an error unless they match `ignored`."""
-    stored_set = set(stored)
-    found, missing = {}, []
-    for name in expected:
+@dataclasses.dataclass
+class Matched:
+    """Which stored tensor holds each declared HF name (`names`; absent: a `Fresh` group the
+    checkpoint lacks), the tied copies to check ({stored copy: stored original}), and the
+    fresh groups."""
+    names: dict[str, str]
+    copies: dict[str, str]
+    fresh_groups: tuple[str, ...]
+
+
+def match_hf_names(plan_: Plan, stored: list[str], converter: Converter, cfg) -> Matched:
+    """Finds every HF name `plan_` declares among the `stored` names: as itself, without the
+    converter's `base_prefix` (the headless base model's names), or as one of its aliases
+    (same two ways). Stored tensors nothing maps are an error unless they are declared copies
+    or match `ignored`."""
+    family, base_prefix = converter.family, converter.base_prefix
+    aliases, stored_set = converter.aliases(cfg), set(stored)
+
+    def stored_as(name: str) -> str | None:
         if name in stored_set:
-            found[name] = name
-        elif base_prefix and name.startswith(base_prefix) and name[len(base_prefix):] in stored_set:
-            found[name] = name[len(base_prefix):]
-        else:
+            return name
+        if base_prefix and name.startswith(base_prefix) and name[len(base_prefix):] in stored_set:
+            return name[len(base_prefix):]
+        return None
+
+    def lookup(name: str) -> str | None:
+        return next((hit for hit in map(stored_as, (name, *aliases.get(name, ()))) if hit),
+                    None)
+
+    found, missing = {}, []
+    groups: dict[str, dict[str, list[str]]] = {}  # group: {"present": [...], "absent": [...]}
+    for name in plan_.hf_shapes:
+        fresh = plan_.by_hf[name][0].link.fresh
+        hit = lookup(name)
+        if hit is not None:
+            found[name] = hit
+        if fresh is not None:
+            groups.setdefault(fresh.group, {"present": [], "absent": []})[
+                "present" if hit is not None else "absent"].append(name)
+        elif hit is None:
             missing.append(name)
     if missing:
         raise MappingError(f"the checkpoint lacks {len(missing)} tensors the {family} config "
                            f"needs: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    for group, names in groups.items():
+        if names["present"] and names["absent"]:
+            raise MappingError(
+                f"the checkpoint holds part of the {family} {group} ({names['present'][:3]}) "
+                f"but lacks {names['absent'][:3]}: fmjax can use all of it or initialise all of "
+                "it, not a mix; nothing was converted")
+    fresh_groups = tuple(g for g, names in groups.items() if names["absent"])
     used = set(found.values())
-    extra = [n for n in stored if n not in used and not any(re.search(r, n) for r in ignored)]
+    copies = {}
+    for copy, original in converter.copies(cfg).items():
+        stored_copy = stored_as(copy)
+        if stored_copy is not None and original in found and stored_copy != found[original]:
+            copies[stored_copy] = found[original]
+    extra = [n for n in stored if n not in used and n not in copies
+             and not any(re.search(r, n) for r in converter.ignored(cfg))]
     if extra:
         raise MappingError(
             f"{len(extra)} tensors in the checkpoint have no place in fmjax's {family} "
             f"(e.g. {extra[:5]}): the HF model has parts fmjax does not; nothing was converted")
-    return found
+    return Matched(found, copies, fresh_groups)

@@ -59,6 +59,9 @@ class Family:
     # top-level param names outside the published parameter count (e.g. BERT's MLM head):
     # fmjax.info reports them apart from `params`
     uncounted_params: tuple[str, ...] = ()
+    # (ModelConfig, {model input name: shape}) -> model FLOPs of one row, for families whose
+    # cost is not 6N + 12LdT per token (encoder-decoder); None = that formula (fmjax/flops.py)
+    row_flops: Callable[[ModelConfig, dict], float] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:

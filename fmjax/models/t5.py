@@ -22,11 +22,12 @@ cross_attn = EncDecAttention, mlp/up = wi (v1.1: gate = wi_0, up = wi_1), mlp/do
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fmjax import layers, models
+from fmjax import flops, layers, models
 from fmjax.models.transformer import BlockSpec, stack
 
 
@@ -154,6 +155,15 @@ class T5(nn.Module):
         return logits_BTV.astype(jnp.float32)
 
 
+def row_flops(spec: T5Spec, cfg, input_shapes: dict) -> float:
+    """Model FLOPs of one row (fmjax/flops.py convention); a classifier runs the encoder only."""
+    encoder_shape = input_shapes.get("encoder_tokens_BS", input_shapes.get("tokens_BT"))
+    decoder_shape = input_shapes.get("decoder_tokens_BT", (0, 0))
+    return flops.encoder_decoder_flops_per_row(
+        cfg, mlp_matrices=3 if spec.mlp_activation == "geglu" else 2,
+        encoder_len=encoder_shape[1], decoder_len=decoder_shape[1])
+
+
 SPEC = T5Spec(mlp_activation="relu")
 
 models.register(models.Family(
@@ -163,4 +173,5 @@ models.register(models.Family(
     default_tie_embeddings=True,
     kind="encoder_decoder",
     default_init_std=1.0,  # multiplier of T5's fan-in init stds (HF initializer_factor)
+    row_flops=functools.partial(row_flops, SPEC),
 ))
