@@ -11,29 +11,14 @@ Budget:   150 steps x 16 rows x 142 raw tokens (encoder input 128, decoder 30) =
 Expected: validation loss on the noise spans falls from ~6.3 (ln 528) to below 5 (checked,
           at a shorter budget, in tests/e2e/test_families_cli.py).
 """
-from fmjax.config import base_config
+from fmjax.config import sibling_config
 
 
 def get_config():
-    c = base_config()  # every default is documented in fmjax/config.py
+    c = sibling_config(__file__, "prefix_lm_tiny")  # same size, data and schedule
     c.objective = "span_corruption"  # fmjax/objectives/span_corruption.py: 15% noise, spans of 3
     c.model.family = "t5"  # fmjax/models/t5.py: v1.0, relative position buckets, ReLU MLP
     c.model.vocab_size = 528  # 512 SentencePiece pieces + 16 sentinels
     c.tokenizer.extra_ids = 16  # sentinels vocab_size - 1 - k (a 128-token row has 6 spans)
-    c.tokenizer.train_chars = 1_000_000
-    c.model.seq_len = 128  # encoder input tokens per row
-    c.model.d_model = 64
-    c.model.n_layers = 2  # encoder blocks (and decoder blocks: n_decoder_layers = 0)
-    c.model.n_heads = 4
     c.model.norm_eps = 1e-6  # T5's RMS-norm epsilon
-    c.model.scan_layers = False
-    c.train.steps = 150
-    c.train.global_batch_size = 16
-    c.train.log_every = 10
-    c.train.eval_every = 50
-    c.train.eval_batches = 4
-    c.train.checkpoint_every = 50
-    c.optim.learning_rate = 3e-3
-    c.optim.warmup_steps = 10
-    c.optim.schedule = "constant"
     return c
