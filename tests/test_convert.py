@@ -306,14 +306,19 @@ REFUSED = [
                          ids=[r[3].split(" ")[0] for r in REFUSED])
 def test_unrepresentable_config_fields_are_refused(hf_dirs, tmp_path, case, family, edit,
                                                    message):
+    with pytest.raises(mapping.UnsupportedHFConfig, match=message.replace("(", r"\(")):
+        import_edited(hf_dirs[case][0], tmp_path, family, edit)
+
+
+def import_edited(hf_dir, tmp_path, family, edit):
+    """Imports a copy of `hf_dir` whose config.json has `edit` merged in."""
     source = str(tmp_path / "hf")
-    shutil.copytree(hf_dirs[case][0], source)
+    shutil.copytree(hf_dir, source)
     with open(os.path.join(source, "config.json")) as f:
         hf_config = json.load(f)
     with open(os.path.join(source, "config.json"), "w") as f:
         json.dump({**hf_config, **edit}, f)
-    with pytest.raises(mapping.UnsupportedHFConfig, match=message.replace("(", r"\(")):
-        conversion.import_hf(family, source, str(tmp_path / "out"), **QUIET)
+    return conversion.import_hf(family, source, str(tmp_path / "out"), **QUIET)
     assert not os.path.exists(tmp_path / "out")
 
 

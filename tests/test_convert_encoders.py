@@ -22,7 +22,8 @@ from fmjax import checkpoint, config as config_lib, models  # noqa: E402
 from fmjax.data.tokenizer import Tokenizer  # noqa: E402
 from fmjax.hf import conversion, mapping  # noqa: E402
 from fmjax.hf.safetensors_io import HFDir, TensorSpec, write_model  # noqa: E402
-from tests.test_convert import QUIET, _cli, _mutated, _swap, _transposed, fmjax_model  # noqa: E402
+from tests.test_convert import (QUIET, _cli, _mutated, _swap, _transposed, fmjax_model,  # noqa: E402
+                                import_edited)
 
 BERT_VOCAB, T5_VOCAB, T5_PIECES = 96, 160, 128
 BERT = dict(vocab_size=BERT_VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -348,14 +349,8 @@ REFUSED = [  # (case, --family, config.json edit, message)
                          ids=[f"{r[1]}-{r[3].split(' ')[0]}" for r in REFUSED])
 def test_unrepresentable_config_fields_are_refused(hf_dirs, tmp_path, case, family, edit,
                                                    message):
-    source = str(tmp_path / "hf")
-    shutil.copytree(hf_dirs[case][0], source)
-    with open(os.path.join(source, "config.json")) as f:
-        hf_config = json.load(f)
-    with open(os.path.join(source, "config.json"), "w") as f:
-        json.dump({**hf_config, **edit}, f)
     with pytest.raises(mapping.UnsupportedHFConfig, match=message):
-        conversion.import_hf(family, source, str(tmp_path / "out"), **QUIET)
+        import_edited(hf_dirs[case][0], tmp_path, family, edit)
     assert not os.path.exists(tmp_path / "out")
 
 
