@@ -6,7 +6,6 @@ decode; export -> from_pretrained and export -> import are exact; the directory 
 configs. Helpers shared with tests/test_convert.py (gpt2, llama)."""
 import functools
 import io
-import json
 import os
 import shutil
 
