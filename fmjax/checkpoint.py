@@ -20,6 +20,7 @@ that step to WORKDIR/damaged_checkpoints/ (nothing is deleted) and falls back to
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -145,6 +146,26 @@ def _restore_item(manager, step: int, item: str, args):
         raise DamagedCheckpoint(step, item, f"{type(e).__name__}: {e}") from e
 
 
+def _restore_data(manager, step: int, data_iterator) -> None:
+    """The iterator state of this process, or, when the checkpoint was written by another
+    number of processes, process 0's: every process's iterator walks the same global batches
+    (fmjax.data.pipeline) so their states are equal and a run resumes on any process count."""
+    directory = epath.Path(manager.directory) / str(step) / DATA
+    own = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if own.exists() or not directory.exists():
+        _restore_item(manager, step, DATA, grain.checkpoint.CheckpointRestore(data_iterator))
+        return
+    written = sorted(directory.glob("process_0-of-*.json"))
+    if not written:
+        raise DamagedCheckpoint(step, DATA, f"no iterator state in {directory}")
+    try:
+        data_iterator.set_state(json.loads(written[0].read_text()))
+    except Exception as e:  # noqa: BLE001
+        raise DamagedCheckpoint(step, DATA, f"{type(e).__name__}: {e}") from e
+    if hasattr(data_iterator, "start_prefetch"):
+        data_iterator.start_prefetch()
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, shardings,
             data_iterator=None) -> tuple[Any, dict, bytes]:
     """(state on the target shardings, saved config dict, tokenizer bytes), verified against
@@ -163,7 +184,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, shardings
         raise DamagedCheckpoint(step, STATE, f"{len(bad)} arrays do not match their checksums "
                                 f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
     if data_iterator is not None:
-        _restore_item(manager, step, DATA, grain.checkpoint.CheckpointRestore(data_iterator))
+        _restore_data(manager, step, data_iterator)
         # Only process 0's iterator state is in the checksum file (it is written by process 0).
         if jax.process_index() == 0 and checks[DATA] is not None:
             if integrity.json_digest(data_iterator.get_state()) != checks[DATA]:

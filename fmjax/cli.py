@@ -9,6 +9,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from fmjax import config as config_lib
+from fmjax import distributed  # noqa: F401  (defines --coordinator_address etc.)
 
 FLAGS = flags.FLAGS
 
@@ -78,15 +79,21 @@ def run(main):
 
 
 def run_stage(stage, workdir: str):
-    """The body of the train and finetune CLIs: CPU runtime settings, `stage(config, workdir)`,
-    its report; a NaN/inf loss exits 1 with the loop's message (step, last good checkpoint)."""
+    """The body of the train and finetune CLIs: jax.distributed (fmjax.distributed), CPU
+    runtime settings, `stage(config, workdir)`, its report (process 0 prints it); a startup
+    failure or a NaN/inf loss exits 1 with the loop's message (step, last good checkpoint)."""
     import jax
     from fmjax import cpu_runtime
     from fmjax.loop import NonFiniteLoss
+    try:  # before anything touches devices
+        distributed.initialize()
+    except distributed.DistributedError as e:
+        raise SystemExit(f"error: {e}")
     if jax.default_backend() == "cpu":
         cpu_runtime.configure()  # keep XLA:CPU's per-step temporaries mapped (see the module)
     try:
         report = stage(load_config(), workdir)
-    except NonFiniteLoss as e:
+    except (NonFiniteLoss, distributed.DistributedError) as e:
         raise SystemExit(f"error: {e}")
-    print(report.text(), flush=True)
+    if jax.process_index() == 0:
+        print(report.text(), flush=True)

@@ -91,13 +91,17 @@ def batch_hash(local_batch: dict) -> str:
 
 
 class Ledger:
-    """WORKDIR/ledger.jsonl (ledger.pN.jsonl on process N > 0): one line per step with the hash
-    of this process's batch. On resume, lines after the restored step are dropped: those steps
-    are redone, so the file lists each batch that went into the state exactly once."""
+    """WORKDIR/ledger.jsonl: one line per step with the hash of the GLOBAL batch that went into
+    it (with several processes every process joins a gather of the batch and process 0 alone
+    writes), so the file is the same for any process count. On resume, lines after the
+    restored step are dropped: those steps are redone, so the file lists each batch that went
+    into the state exactly once."""
 
     def __init__(self, workdir: str, restored_step: int):
-        i = jax.process_index()
-        self.path = os.path.join(workdir, "ledger.jsonl" if i == 0 else f"ledger.p{i}.jsonl")
+        self.path = os.path.join(workdir, "ledger.jsonl")
+        self.file = None
+        if jax.process_index() != 0:
+            return
         kept = []
         if os.path.exists(self.path):
             with open(self.path) as f:
@@ -108,13 +112,19 @@ class Ledger:
             os.replace(tmp, self.path)
         self.file = open(self.path, "a")
 
-    def write(self, step: int, local_batch: dict):
-        self.file.write(json.dumps({"step": step, "process": jax.process_index(),
-                                    "batch": batch_hash(local_batch)}) + "\n")
+    def write(self, step: int, local_batch: dict, global_batch: dict):
+        """`local_batch`: this process's numpy rows; `global_batch`: the assembled jax.Arrays."""
+        if jax.process_count() > 1:  # collective: every process takes part
+            from jax.experimental import multihost_utils
+            local_batch = multihost_utils.process_allgather(global_batch, tiled=True)
+        if self.file is None:
+            return
+        self.file.write(json.dumps({"step": step, "batch": batch_hash(local_batch)}) + "\n")
         self.file.flush()
 
     def close(self):
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 class CheckpointClock:
@@ -192,7 +202,8 @@ def run(config, workdir: str, plan: Plan, log=log_main) -> Result:
             if is_main:
                 log(f"step {step}/{tr.steps}: evaluating")
             try:
-                metrics = plan.evaluate(state.params, lambda: stop.requested)
+                # collective with several processes: all abandon at the same eval batch
+                metrics = plan.evaluate(state.params, stop.should_stop)
             except EvalAbandoned:
                 log(f"step {step}: evaluation abandoned ({stop.signal_name})")
                 return None
@@ -224,10 +235,10 @@ def run(config, workdir: str, plan: Plan, log=log_main) -> Result:
         while step < tr.steps and not early_stop and not stop.should_stop():
             local = next(plan.train_iter)
             step += 1
+            batch = pipeline.global_batch(local, engine.batch_sharding)
             if ledger is not None:
-                ledger.write(step, local)
-            state, device_metrics = engine.run_train_step(
-                state, pipeline.global_batch(local, engine.batch_sharding))
+                ledger.write(step, local, batch)
+            state, device_metrics = engine.run_train_step(state, batch)
             logger.push(step, device_metrics)
             check_finite(state)
             if (tr.eval_every and step % tr.eval_every == 0) or step == tr.steps:
@@ -241,13 +252,16 @@ def run(config, workdir: str, plan: Plan, log=log_main) -> Result:
                 save(step, state)
         logger.flush()
         check_finite(state)
-        preempted = stop.requested and step < tr.steps
+        # stopped early by a signal on any process: the same on every process (should_stop)
+        preempted = step < tr.steps and not early_stop
         if preempted or last_saved != step:
             manager.wait_until_finished()  # an async save in flight finishes first
             if last_saved != step:
                 save(step, state)
-            log(f"stopped at step {step} ({stop.signal_name or 'end'}): checkpoint saved"
-                + (f"; {stop.seconds_left():.0f} s of the grace period left" if preempted else ""))
+            why = stop.signal_name or ("signal on another process" if preempted else "end")
+            log(f"stopped at step {step} ({why}): checkpoint saved"
+                + (f"; {stop.seconds_left():.0f} s of the grace period left"
+                   if stop.deadline is not None else ""))
         manager.wait_until_finished()  # raises if an async save failed
         manager.close()
         if ledger is not None:

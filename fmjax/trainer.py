@@ -9,9 +9,10 @@ import os
 
 import jax
 
-from fmjax import checkpoint, engine as engine_lib, loop, mesh as mesh_lib, models, sampling
+from fmjax import checkpoint, distributed, engine as engine_lib, loop, mesh as mesh_lib
+from fmjax import models, sampling
 from fmjax import config as config_lib
-from fmjax.data import pipeline, tokenizer as tokenizer_lib
+from fmjax.data import pipeline, sources, tokenizer as tokenizer_lib
 
 
 @dataclasses.dataclass
@@ -78,17 +79,24 @@ def train(config, workdir: str) -> Report:
     workdir = os.path.abspath(os.path.expanduser(workdir))
     config_lib.validate(config, num_devices=jax.device_count(),
                         num_processes=jax.process_count())
-    tokenizer = tokenizer_lib.ensure_tokenizer(config)
+    # process 0 builds the shared tokenizer / TFDS cache first; then all compare what they read
+    tokenizer, data_identity = distributed.process_zero_first(lambda: (
+        tokenizer_lib.ensure_tokenizer(config),
+        distributed.data_identity(config, sources.get_source)))
     tokenizer.check_against(config)
     tokenizer_bytes = prepare_workdir(config, workdir, tokenizer)
+    distributed.check_agreement({"config": config_lib.to_json(config),
+                                 "tokenizer": tokenizer_bytes, "data split": data_identity})
 
     mesh = mesh_lib.make_mesh(config)
     engine = engine_lib.build(config, mesh)
-    eval_batches = pipeline.make_eval_batches(config, tokenizer)
+    # this process's rows of each global batch: those its devices hold (any process count)
+    rows = pipeline.process_rows(engine.batch_sharding, config.train.global_batch_size)
+    eval_batches = pipeline.make_eval_batches(config, tokenizer, rows=rows)
     tr = config.train
     num_params = engine.num_params()
     plan = loop.Plan(
-        engine=engine, train_iter=pipeline.make_train_iterator(config, tokenizer),
+        engine=engine, train_iter=pipeline.make_train_iterator(config, tokenizer, rows=rows),
         init_state=engine.init_state,
         evaluate=lambda params, abandon: evaluate(engine, params, eval_batches, abandon),
         tokenizer_bytes=tokenizer_bytes, flops_per_token=engine.flops_per_token(),
@@ -106,8 +114,13 @@ def train(config, workdir: str) -> Report:
     kind = models.get_family(engine.model_config.family).kind
     if kind != "decoder":
         sample = f"(none: {engine.model_config.family} is an {kind} model; samples are for decoders)"
-    elif jax.process_index() == 0 and not result.preempted:
-        sample = sampling.sample_texts(engine, state.params, tokenizer, tr.sample_prompt,
+    elif not result.preempted:
+        params = state.params
+        if jax.process_count() > 1:  # a host copy on every process (collective); sample on 0
+            from jax.experimental import multihost_utils
+            params = multihost_utils.process_allgather(params, tiled=True)
+    if kind == "decoder" and jax.process_index() == 0 and not result.preempted:
+        sample = sampling.sample_texts(engine, params, tokenizer, tr.sample_prompt,
                                        max_new_tokens=tr.sample_tokens, temperature=0.8,
                                        top_k=40, seed=config.seed)[0]
     logger = result.logger

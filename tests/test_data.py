@@ -355,19 +355,33 @@ def test_orbax_saves_and_restores_the_iterator(data_dir, tokenizer, tiny_corpus,
     assert_batches_equal(take(fresh, 4), expected)
 
 
-def test_processes_read_disjoint_documents_covering_the_split(data_dir, tokenizer, tiny_corpus):
+def test_processes_take_disjoint_rows_of_the_same_global_batches(data_dir, tokenizer, tiny_corpus):
+    """The global batch of each step is the same for any process count (so a 2-host run trains
+    on a 1-host run's batches and resumes on either): each process takes its rows of it."""
     config = tiny_config(data_dir, tiny_corpus)
-    train = sources.get_source(config, "train")
-    chunks = document_chunks(tokenizer, [train[i]["text"] for i in range(len(train))])
-    documents = []
-    for process_index in (0, 1):
-        iterator = pipeline.make_train_iterator(config, tokenizer, process_index=process_index,
-                                                process_count=2)
-        batches = take(iterator, 60)
-        assert batches[0]["tokens"].shape == (4, SEQ_LEN)  # global 8 over 2 processes
-        documents.append({chunks[s] for b in batches for _, s in row_segments(b)})
-    assert not documents[0] & documents[1]
-    assert documents[0] | documents[1] == set(range(len(train)))
+    single = take(pipeline.make_train_iterator(config, tokenizer, process_index=0,
+                                               process_count=1), 20)
+    halves = [take(pipeline.make_train_iterator(config, tokenizer, process_index=i,
+                                                process_count=2), 20) for i in (0, 1)]
+    assert halves[0][0]["tokens"].shape == (4, SEQ_LEN)  # global 8 over 2 processes
+    assert_batches_equal([{k: np.concatenate([a[k], b[k]]) for k in a}
+                          for a, b in zip(*halves)], single)
+    rows = [5, 1, 7, 3]  # any rows, e.g. where this process's devices hold them
+    picked = take(pipeline.make_train_iterator(config, tokenizer, process_index=1,
+                                               process_count=2, rows=rows), 3)
+    assert_batches_equal(picked, [{k: v[rows] for k, v in b.items()} for b in single[:3]])
+    evals = [pipeline.make_eval_batches(config, tokenizer, process_index=i, process_count=2)
+             for i in (0, 1)]
+    assert_batches_equal([{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(*evals)],
+                         pipeline.make_eval_batches(config, tokenizer, process_index=0,
+                                                    process_count=1))
+
+
+def test_process_rows_are_the_rows_this_process_devices_hold():
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"))
+    sharding = NamedSharding(mesh, P(("data", "fsdp")))
+    assert pipeline.process_rows(sharding, 8) == list(range(8))  # one process holds all
+    assert pipeline.block_rows(1, 2, 8) == [4, 5, 6, 7]
 
 
 def test_indivisible_global_batch_names_the_field(data_dir, tokenizer):

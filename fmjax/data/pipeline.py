@@ -1,9 +1,16 @@
 """The grain input pipeline: per-process batches of packed rows, checkpointable, deterministic.
 
-Train: documents of this process's shard -> seeded shuffle per epoch (order = f(seed, epoch,
-index)), repeated forever -> tokenize -> chunk + first-fit pack into rows of T tokens -> seeded
-window shuffle of rows -> batches of B_local = global_batch_size // process_count rows. Each
-batch is a dict of int32 numpy arrays `tokens_BT`, `segment_ids_BT`, `positions_BT` under the
+Train: all documents -> seeded shuffle per epoch (order = f(seed, epoch, index)), repeated
+forever -> tokenize -> chunk + first-fit pack into rows of T tokens -> seeded window shuffle of
+rows -> GLOBAL batches of global_batch_size rows -> this process's rows of each global batch
+(B_local = global_batch_size // process_count; by default the contiguous block
+[i * B_local, (i + 1) * B_local), or the rows its devices hold, `rows=process_rows(sharding)`).
+So the global batch of step s is a pure function of (seed, s), whatever the process count: a
+run on 2 hosts trains on exactly the batches of a run on 1 host, a checkpoint resumes on
+another process count, and every process's iterator state is the same (each host packs the
+whole stream and keeps its rows: cheap next to a training step for text, and what makes the
+packing independent of the process count). Each batch is a dict of int32 numpy arrays
+`tokens_BT`, `segment_ids_BT`, `positions_BT` under the
 keys 'tokens', 'segment_ids', 'positions'. T is the objective's raw row length
 (`objectives.row_length(config)`: model.seq_len, or more for span corruption, whose encoder
 input is then exactly seq_len). The iterator's `get_state()` / `set_state()` (and
@@ -51,6 +58,44 @@ def process_shard(config, process_index: int | None, process_count: int | None):
     return index, count, config.train.global_batch_size // count
 
 
+def block_rows(index: int, count: int, global_batch_size: int) -> list[int]:
+    """Process `index`'s rows of a global batch by default: one contiguous block."""
+    local = global_batch_size // count
+    return list(range(index * local, (index + 1) * local))
+
+
+def process_rows(sharding, global_batch_size: int) -> list[int]:
+    """The global batch rows this process's devices hold under `sharding` (a [B, ...] batch
+    sharding), in the order `jax.make_array_from_process_local_data` expects them."""
+    rows = set()
+    for index in sharding.addressable_devices_indices_map((global_batch_size,)).values():
+        rows.update(range(global_batch_size)[index[0]])
+    return sorted(rows)
+
+
+class SelectRows(grain.transforms.Map):
+    """Keeps the given rows of every array of a batch (this process's share of a global one)."""
+
+    def __init__(self, rows, global_batch_size: int):
+        self.rows, self.everything = np.asarray(rows), list(rows) == list(range(global_batch_size))
+
+    def map(self, batch):
+        if self.everything:
+            return batch
+        return {k: v[self.rows] for k, v in batch.items()}
+
+
+def _rows_for(config, index: int, count: int, rows) -> list[int]:
+    size = config.train.global_batch_size
+    rows = block_rows(index, count, size) if rows is None else list(rows)
+    distinct = set(rows)
+    if len(distinct) != size // count or len(rows) != len(distinct) or not all(
+            0 <= r < size for r in rows):
+        raise ConfigError(f"rows={rows}: expected {size // count} distinct rows of the global "
+                          f"batch of config.train.global_batch_size = {size}")
+    return rows
+
+
 def shard_documents(source, index: int, count: int, split: str) -> grain.MapDataset:
     """This process's documents: every `count`-th one starting at `index`."""
     documents = grain.MapDataset.source(source)[index::count]
@@ -78,16 +123,20 @@ def packed_batches(documents: grain.MapDataset, config, tokenizer, batch_size: i
 
 
 def train_dataset(config, tokenizer, *, process_index: int | None = None,
-                  process_count: int | None = None,
-                  row_length: int | None = None) -> grain.IterDataset:
-    index, count, batch_size = process_shard(config, process_index, process_count)
-    documents = shard_documents(get_source(config, "train"), index, count, "train")
+                  process_count: int | None = None, row_length: int | None = None,
+                  rows=None) -> grain.IterDataset:
+    """This process's rows (`rows`, default `block_rows`) of the global training batches."""
+    index, count, _ = process_shard(config, process_index, process_count)
+    rows = _rows_for(config, index, count, rows)
+    documents = shard_documents(get_source(config, "train"), 0, 1, "train")
     if config.data.shuffle:
         documents = documents.shuffle(seed=derive_seed(config.seed, "documents"))
     documents = documents.repeat()  # Epoch e is shuffled with a seed folded with e.
     row_seed = derive_seed(config.seed, "rows") if config.data.shuffle else None
-    return with_workers(packed_batches(documents, config, tokenizer, batch_size,
-                                       row_shuffle_seed=row_seed, row_length=row_length), config)
+    size = config.train.global_batch_size
+    batches = packed_batches(documents, config, tokenizer, size, row_shuffle_seed=row_seed,
+                             row_length=row_length)
+    return with_workers(batches.map(SelectRows(rows, size)), config)
 
 
 def with_workers(batches: grain.IterDataset, config) -> grain.IterDataset:
@@ -119,24 +168,27 @@ def one_pass_rows(num_examples: int, process_count: int, batch_size: int) -> int
 
 
 def make_train_iterator(config, tokenizer, *, process_index: int | None = None,
-                        process_count: int | None = None,
-                        row_length: int | None = None) -> grain.DatasetIterator:
-    """An endless, checkpointable iterator over this process's training batches (rows of
-    `row_length` tokens; None = the objective's row length)."""
+                        process_count: int | None = None, row_length: int | None = None,
+                        rows=None) -> grain.DatasetIterator:
+    """An endless, checkpointable iterator over this process's rows of the global training
+    batches (rows of `row_length` tokens; None = the objective's row length)."""
     return iter(train_dataset(config, tokenizer, process_index=process_index,
-                              process_count=process_count, row_length=row_length))
+                              process_count=process_count, row_length=row_length, rows=rows))
 
 
 def make_eval_batches(config, tokenizer, *, process_index: int | None = None,
                       process_count: int | None = None,
-                      row_length: int | None = None) -> list[dict[str, np.ndarray]]:
-    """`config.train.eval_batches` validation batches for this process, the same every call
-    (rows of `row_length` tokens; None = the objective's row length)."""
-    index, count, batch_size = process_shard(config, process_index, process_count)
-    documents = shard_documents(get_source(config, "validation"), index, count, "validation")
-    batches = iter(packed_batches(documents.repeat(), config, tokenizer, batch_size,
-                                  row_shuffle_seed=None, row_length=row_length))
-    return [next(batches) for _ in range(config.train.eval_batches)]
+                      row_length: int | None = None, rows=None) -> list[dict[str, np.ndarray]]:
+    """`config.train.eval_batches` validation batches, this process's rows of the same global
+    batches every call and for any process count (rows of `row_length` tokens; None = the
+    objective's row length)."""
+    index, count, _ = process_shard(config, process_index, process_count)
+    select = SelectRows(_rows_for(config, index, count, rows), config.train.global_batch_size)
+    documents = shard_documents(get_source(config, "validation"), 0, 1, "validation")
+    batches = iter(packed_batches(documents.repeat(), config, tokenizer,
+                                  config.train.global_batch_size, row_shuffle_seed=None,
+                                  row_length=row_length))
+    return [select.map(next(batches)) for _ in range(config.train.eval_batches)]
 
 
 def global_batch(local_batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
