@@ -23,6 +23,7 @@ def get_config():
     c.model.family = "t5"
     c.model.vocab_size = 32128  # released vocabulary
     c.tokenizer.extra_ids = 128  # 100 sentinels + 28 padding ids after the 32,000 pieces
+    c.span_corruption.num_sentinels = 100  # HF <extra_id_k> = 32099 - k
     c.model.seq_len = 512  # encoder input tokens per packed row (Section 3.1.2)
     c.model.d_model = 512  # Section 3.7
     c.model.n_layers = 6  # encoder blocks (Section 3.7)

@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.bos_id = 1  # beginning-of-document id
     t.eos_id = 2  # end-of-document id
     t.unk_id = 3  # unknown id (unused with byte fallback, but reserved)
-    t.extra_ids = 0  # ids after the pieces: vocab_size = pieces + extra_ids; [MASK] / sentinel k = vocab_size - 1 - k
+    t.extra_ids = 0  # ids after the pieces: vocab_size = pieces + extra_ids; [MASK] = vocab_size - 1; sentinels: span_corruption.num_sentinels
 
     c.data = d = ml_collections.ConfigDict()
     d.source = "stdlib"  # stdlib | local_text | a TFDS name such as tiny_shakespeare
@@ -117,6 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.span_corruption = sc = ml_collections.ConfigDict()  # objective=span_corruption (T5)
     sc.noise_density = 0.15  # fraction of each packed row's raw tokens that are noise
     sc.mean_span_length = 3.0  # mean length of a noise span (num_spans = noise / this)
+    sc.num_sentinels = 0  # sentinel k = pieces + num_sentinels - 1 - k; 0 = every extra id is one (vocab_size - 1 - k); HF T5: 100 (<extra_id_k> = 32099 - k)
 
     c.prefix_lm = pl = ml_collections.ConfigDict()  # objective=prefix_lm
     pl.min_prefix = 1  # shortest random prefix of a segment (tokens); the longest is len - 1

@@ -1,14 +1,16 @@
 """python -m fmjax.generate --workdir=DIR --prompt=TEXT [--max_new_tokens --temperature --top_k
 --top_p --num_samples --seed --step --tokenizer]: samples from a run's latest (or given)
-checkpoint, or from an export (fmjax.export, fmjax.convert import), with the run's own tokenizer,
-decoding with a KV cache."""
+checkpoint, or from an export (fmjax.export, fmjax.convert import), with the run's own tokenizer.
+Decoders (gpt2, llama) continue [bos] + prompt with a KV cache and print prompt + continuation;
+encoder-decoders (t5, t5_1_1) encode [bos if any] + prompt + [eos] (HF's T5 tokenizer: prompt +
+eos) and print the decoder's output, decoded from start id 0 to eos (fmjax/sampling.py)."""
 from absl import flags
 
 from fmjax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory written by fmjax.train, or an export.")
-flags.DEFINE_string("prompt", "", "Text to continue.")
+flags.DEFINE_string("prompt", "", "Text to continue (decoders) or encode (encoder-decoders).")
 flags.DEFINE_integer("max_new_tokens", 128, "Tokens to generate per sample.")
 flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
 flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0 = all).")
@@ -40,6 +42,13 @@ def _tokenizer_file(workdir: str, tokenizer_bytes: bytes) -> str:
     return f.name
 
 
+class _NoObjective:
+    """Generation never trains: the engine gets this stand-in instead of config.objective, so a
+    checkpoint whose objective does not suit its family (an import keeps the default causal_lm,
+    also for t5) or cannot be built (span corruption without sentinel ids) still samples. The
+    engine's train/eval steps are never called (jax.jit traces them lazily)."""
+
+
 def load_run(workdir: str, step: int | None = None, tokenizer_path: str | None = None):
     """(engine, params, tokenizer, step) of a training run's checkpoint or of an export (params
     only, verified against its checksums; step -1 for an export), on all local devices."""
@@ -53,7 +62,7 @@ def load_run(workdir: str, step: int | None = None, tokenizer_path: str | None =
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
     config.tokenizer.path = tokenizer_path or _tokenizer_file(workdir, tokenizer_bytes)
     tokenizer = tokenizer_lib.ensure_tokenizer(config)
-    engine = engine_lib.build(config, mesh_lib.make_mesh(config))
+    engine = engine_lib.build(config, mesh_lib.make_mesh(config), objective=_NoObjective())
     params, _, _ = checkpoint.load_params(directory, engine.abstract_state.params,
                                           engine.shardings.params)
     name = os.path.basename(directory.rstrip("/"))
@@ -64,10 +73,14 @@ def main(argv):
     cli.no_extra_args(argv)
     engine, params, tokenizer, step = load_run(FLAGS.workdir, FLAGS.step, FLAGS.tokenizer)
     from fmjax import sampling
-    texts = sampling.sample_texts(engine, params, tokenizer, FLAGS.prompt, max_new_tokens=FLAGS.max_new_tokens,
-                                    temperature=FLAGS.temperature, top_k=FLAGS.top_k,
-                                    top_p=FLAGS.top_p, num_samples=FLAGS.num_samples,
-                                    seed=FLAGS.seed)
+    try:
+        texts = sampling.sample_texts(engine, params, tokenizer, FLAGS.prompt,
+                                      max_new_tokens=FLAGS.max_new_tokens,
+                                      temperature=FLAGS.temperature, top_k=FLAGS.top_k,
+                                      top_p=FLAGS.top_p, num_samples=FLAGS.num_samples,
+                                      seed=FLAGS.seed)
+    except sampling.CannotGenerate as e:  # an encoder-only family (bert)
+        raise SystemExit(f"error: {e}") from None
     for i, text in enumerate(texts):
         print(f"--- sample {i} ({f'step {step}' if step >= 0 else 'export'}) ---\n{text}")
 

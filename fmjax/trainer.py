@@ -112,14 +112,15 @@ def train(config, workdir: str) -> Report:
         eval_metrics = evaluate(engine, state.params, eval_batches)
     sample = ""
     kind = models.get_family(engine.model_config.family).kind
-    if kind != "decoder":
-        sample = f"(none: {engine.model_config.family} is an {kind} model; samples are for decoders)"
+    can_sample = kind in sampling.TEXT_SAMPLERS
+    if not can_sample:
+        sample = f"(none: {engine.model_config.family} is an {kind} model; it does not generate)"
     elif not result.preempted:
         params = state.params
         if jax.process_count() > 1:  # a host copy on every process (collective); sample on 0
             from jax.experimental import multihost_utils
             params = multihost_utils.process_allgather(params, tiled=True)
-    if kind == "decoder" and jax.process_index() == 0 and not result.preempted:
+    if can_sample and jax.process_index() == 0 and not result.preempted:
         sample = sampling.sample_texts(engine, params, tokenizer, tr.sample_prompt,
                                        max_new_tokens=tr.sample_tokens, temperature=0.8,
                                        top_k=40, seed=config.seed)[0]

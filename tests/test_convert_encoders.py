@@ -203,9 +203,12 @@ def test_imported_outputs_match_transformers(hf_dirs, imported, case, scan):
     assert result.fresh == (("pooler",) if case == "bert" else ())
     config_dict, tokenizer_bytes = checkpoint.read_source(ckpt)
     assert config_dict["model"]["scan_layers"] == scan
+    assert config_dict["objective"] == ("mlm" if case.startswith("bert") else "span_corruption")
     if case == "t5":  # the spiece.model: kept, its ids, and the rows past its pieces
         assert result.has_tokenizer
         assert config_dict["tokenizer"]["extra_ids"] == T5_VOCAB - T5_PIECES
+        # every extra row is a sentinel here (fewer than T5's 100), first = last row
+        assert config_dict["span_corruption"]["num_sentinels"] == T5_VOCAB - T5_PIECES
         assert [config_dict["tokenizer"][k] for k in ("pad_id", "bos_id", "eos_id", "unk_id")] \
             == [0, -1, 1, 2]
         path = os.path.join(ckpt, "..", f"spiece_{scan}.model")

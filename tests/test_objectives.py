@@ -325,6 +325,40 @@ def test_span_corruption_needs_a_sentinel_per_span():
         objectives.get(make_config("span_corruption", extra_ids=6))
 
 
+@pytest.mark.parametrize("num_sentinels,first", [(100, 32099), (0, 32127)])
+def test_span_corruption_sentinel_ids_follow_num_sentinels(num_sentinels, first):
+    """T5's released vocabulary: 32,000 pieces, 128 extra ids. num_sentinels = 100 puts
+    sentinel k at 32,099 - k (HF's <extra_id_k>); 0 keeps every extra id a sentinel, k at
+    vocab - 1 - k. Encoder and decoder name a row's spans first, first - 1, ... in order."""
+    config = make_config("span_corruption", extra_ids=128)
+    config.model.vocab_size = 32128
+    config.span_corruption.num_sentinels = num_sentinels
+    assert span_lib.sentinel_id(config, 0) == first
+    batch = packed_rows(16, objectives.get(config).row_length(128), seed=6)
+    out = run(config, batch, seed=6)
+    spans = span_lib.span_counts(batch["tokens"].shape[1], 0.15, 3.0)[1]
+    expected = list(range(first, first - spans, -1))
+    full = np.flatnonzero((batch["segment_ids"] > 0).all(1))
+    assert len(full) >= 4
+    for b in full:
+        enc = out["inputs"]["encoder_tokens_BS"][b]
+        targets = out["targets"][b]
+        assert list(enc[enc >= 32000]) == expected
+        assert list(targets[targets >= 32000]) == expected
+
+
+def test_span_corruption_num_sentinels_is_checked():
+    config = make_config("span_corruption", extra_ids=128)
+    config.span_corruption.num_sentinels = 129
+    with pytest.raises(ConfigError, match=r"num_sentinels = 129: must be in 0 .. "
+                                          r"tokenizer.extra_ids = 128"):
+        objectives.get(config)
+    config.span_corruption.num_sentinels = 6  # seq_len 128: 7 spans
+    with pytest.raises(ConfigError, match=r"num_sentinels = 6: needs at least 7 .*"
+                                          r"--config.span_corruption.num_sentinels=7"):
+        objectives.get(config)
+
+
 # ---------------------------------------------------------------- prefix LM
 
 def test_prefix_lm_weights_only_after_the_prefix():

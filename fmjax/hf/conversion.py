@@ -76,6 +76,14 @@ def _first_id(value) -> int:
     return -1 if value is None else int(value)
 
 
+def _tokenizer_config(hf: HFDir) -> dict:
+    path = os.path.join(hf.path, "tokenizer_config.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def _tokenizer(converter: mapping.Converter, hf: HFDir, config, log) -> bytes:
     """The SentencePiece model's bytes with config.tokenizer's ids taken from it, or b""
     (none) with the ids of config.json."""
@@ -101,8 +109,12 @@ def _tokenizer(converter: mapping.Converter, hf: HFDir, config, log) -> bytes:
     pieces, rows = sp.get_piece_size(), config.model.vocab_size
     if pieces < rows:  # ids after the pieces (T5: 100 sentinels + 28 padding rows)
         t.extra_ids = rows - pieces
+        sentinels = min(t.extra_ids, _tokenizer_config(hf).get("extra_ids",
+                                                               converter.default_sentinels))
+        config.span_corruption.num_sentinels = sentinels
         log(f"NOTE: {found[0]} has {pieces} pieces and the model {rows} embedding rows: "
-            f"config.tokenizer.extra_ids = {t.extra_ids}")
+            f"config.tokenizer.extra_ids = {t.extra_ids}, of which "
+            f"span_corruption.num_sentinels = {sentinels} (<extra_id_k> = {pieces + sentinels - 1} - k)")
     elif pieces > rows:
         log(f"WARNING: {found[0]} has {pieces} pieces but the model only {rows} embedding "
             "rows; fmjax.finetune refuses the pair (model.vocab_size - tokenizer.extra_ids "
@@ -141,6 +153,7 @@ def hf_to_config(converter: mapping.Converter, hf: HFDir, *, scan_layers: bool,
             "matching the checkpoint")
     config = config_lib.base_config()
     config.model.family = converter.family
+    config.objective = models.get_family(converter.family).pretrain_objective
     try:
         fields = converter.config_from_hf(hf.config)
     except mapping.UnsupportedHFConfig as e:

@@ -181,6 +181,9 @@ class Converter:
     base_prefix: str = ""
     # SentencePiece model files the HF directory may hold (T5: spiece.model), first found wins
     tokenizer_files: tuple[str, ...] = ("tokenizer.model",)
+    # extra ids after the pieces that are span-corruption sentinels when the directory's
+    # tokenizer_config.json does not say (T5: 100, <extra_id_k> = pieces + 99 - k)
+    default_sentinels: int = 0
 
 
 CONVERTERS: Registry[Converter] = Registry("fmjax.hf", "model.family", "Hugging Face converter")

@@ -18,9 +18,14 @@ function). Export writes both fields, which transformers 4 and 5 read alike.
 encoder/decoder.embed_tokens.weight, when stored, must equal shared.weight; the unused
 EncDecAttention.relative_attention_bias of older checkpoints is dropped. A spiece.model in the
 directory becomes the checkpoint's tokenizer, its extra rows (32,128 - 32,000)
-config.tokenizer.extra_ids. fmjax's decoder starts from id 0 (objectives/span_corruption.py
-shift_right_in_segments), as HF's decoder_start_token_id = pad = 0 does; another start id is
-refused.
+config.tokenizer.extra_ids. HF's T5 tokenizer makes the first 100 of them (its extra_ids) the
+sentinels, <extra_id_k> = pieces + 99 - k (32,099 - k), which is fmjax's layout with
+config.span_corruption.num_sentinels = 100 (configs/t5_small.py). config_from_hf sees only
+config.json, which does not say how many sentinels the tokenizer has, so an import keeps
+num_sentinels = 0 (sentinel k = vocab_size - 1 - k); span-corruption training or sentinel-aware
+decoding of an imported released T5 wants --config.span_corruption.num_sentinels=100.
+fmjax's decoder starts from id 0 (objectives/span_corruption.py shift_right_in_segments), as
+HF's decoder_start_token_id = pad = 0 does; another start id is refused.
 """
 from __future__ import annotations
 
@@ -119,7 +124,7 @@ def converter(family: str, feed_forward_proj: str, sibling: str) -> mapping.Conv
         config_to_hf=config_to_hf, links=links,
         ignored=lambda cfg: (r"EncDecAttention\.relative_attention_bias\.weight$",),
         aliases=lambda cfg: {} if cfg.tie_embeddings else {"lm_head.weight": ("shared.weight",)},
-        copies=copies, tokenizer_files=("spiece.model",))
+        copies=copies, tokenizer_files=("spiece.model",), default_sentinels=100)
 
 
 mapping.register(converter("t5", "relu", sibling="t5_1_1"))

@@ -55,6 +55,7 @@ class Family:
     default_tie_embeddings: bool
     position_params: Callable[[ModelConfig], int] = lambda cfg: 0  # excluded from 6N in MFU
     kind: str = "decoder"  # decoder | encoder | encoder_decoder (models/decoder.py, bert.py, t5.py)
+    pretrain_objective: str = "causal_lm"  # config.objective of imported checkpoints (fmjax/hf)
     default_init_std: float = 0.02  # config.model.init_std when it is 0
     # top-level param names outside the published parameter count (e.g. BERT's MLM head):
     # fmjax.info reports them apart from `params`

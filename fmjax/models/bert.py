@@ -110,5 +110,6 @@ models.register(models.Family(
     default_tie_embeddings=True,
     position_params=_position_params,
     kind="encoder",
+    pretrain_objective="mlm",
     uncounted_params=("mlm_head",),
 ))

@@ -172,6 +172,7 @@ models.register(models.Family(
     default_d_ff=lambda d: 4 * d,
     default_tie_embeddings=True,
     kind="encoder_decoder",
+    pretrain_objective="span_corruption",
     default_init_std=1.0,  # multiplier of T5's fan-in init stds (HF initializer_factor)
     row_flops=functools.partial(row_flops, SPEC),
 ))

@@ -17,6 +17,7 @@ models.register(models.Family(
     default_d_ff=default_d_ff,  # 8D/3 rounded up to 256: the released base (2048), large (2816)
     default_tie_embeddings=False,
     kind="encoder_decoder",
+    pretrain_objective="span_corruption",
     default_init_std=1.0,  # multiplier of T5's fan-in init stds (HF initializer_factor)
     row_flops=functools.partial(row_flops, SPEC),
 ))

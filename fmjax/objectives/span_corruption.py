@@ -2,8 +2,12 @@
 
 Noise spans of a packed row are replaced in the encoder input by sentinel ids; the decoder
 predicts `sentinel_0 span_0 sentinel_1 span_1 ...`. Sentinel k (the k-th span of the row,
-k = 0, 1, ...) is model.vocab_size - 1 - k, so `tokenizer.extra_ids` must be >= num_spans
-(checked when the objective is built).
+k = 0, 1, ...) is `sentinel_id(config, k)`: pieces + num_sentinels - 1 - k (pieces =
+model.vocab_size - tokenizer.extra_ids), where span_corruption.num_sentinels = 0 (default)
+means every extra id is a sentinel, so sentinel k = model.vocab_size - 1 - k. T5's released
+vocabulary has 32,000 pieces, 100 sentinels and 28 padding rows (vocab 32,128): with
+num_sentinels = 100, sentinel k = 32,099 - k = HF's `<extra_id_k>` (configs/t5_small.py).
+There must be >= num_spans sentinels (checked when the objective is built).
 
 Lengths. The pipeline packs rows of R raw tokens, R = `row_length(seq_len)`: the largest R with
     num_noise = round(R x noise_density)       (clamped to 1 .. R - 1)
@@ -36,7 +40,7 @@ within each decoder segment, 0 (= pad, T5's decoder start id) at each segment's 
 positions count from 0 within each segment, in the encoder and in the decoder, so cross-attention
 by segment id pairs each decoder token with its own document's encoder tokens.
 
-Config (`config.span_corruption`): noise_density, mean_span_length.
+Config (`config.span_corruption`): noise_density, mean_span_length, num_sentinels.
 """
 from __future__ import annotations
 
@@ -45,6 +49,18 @@ import jax.numpy as jnp
 
 from fmjax import objectives
 from fmjax.config import ConfigError
+
+
+def sentinel_count(config) -> int:
+    """How many sentinel ids the config reserves (span_corruption.num_sentinels, 0 = all the
+    tokenizer's extra ids)."""
+    return config.span_corruption.num_sentinels or config.tokenizer.extra_ids
+
+
+def sentinel_id(config, k):
+    """The id of sentinel k (k may be an array): pieces + sentinel_count - 1 - k."""
+    pieces = config.model.vocab_size - config.tokenizer.extra_ids
+    return pieces + sentinel_count(config) - 1 - k
 
 
 def span_counts(raw_length: int, noise_density: float, mean_span_length: float):
@@ -93,7 +109,7 @@ class SpanCorruption:
         self.config = config
         self.noise_density = config.span_corruption.noise_density
         self.mean_span_length = config.span_corruption.mean_span_length
-        self.vocab_size = config.model.vocab_size
+        self.first_sentinel = sentinel_id(config, 0)
         self.pad_id = config.tokenizer.pad_id
 
     def row_length(self, seq_len: int) -> int:
@@ -118,7 +134,7 @@ class SpanCorruption:
         noise_R = regular_R & (piece_R % 2 == 1) & (piece_R < 2 * num_spans)
         span_R = jnp.minimum(piece_R // 2, num_spans - 1)
         first_R = noise_R & (compact_R == (ends_P - lengths_P)[2 * span_R + 1])
-        sentinel_R = self.vocab_size - 1 - span_R
+        sentinel_R = self.first_sentinel - span_R
 
         # encoder: the row with each span's first token -> its sentinel, its other tokens dropped
         emit_R = ~noise_R | first_R
@@ -149,9 +165,11 @@ class SpanCorruption:
         tokens_BR, segment_ids_BR = batch["tokens"], batch["segment_ids"]
         b, r = tokens_BR.shape
         num_spans = self.counts(r)[1]
-        if num_spans > self.config.tokenizer.extra_ids:  # rows longer than row_length(seq_len)
-            raise ValueError(f"rows of {r} tokens need {num_spans} sentinels but "
-                             f"tokenizer.extra_ids = {self.config.tokenizer.extra_ids}")
+        if num_spans > sentinel_count(self.config):  # rows longer than row_length(seq_len)
+            raise ValueError(f"rows of {r} tokens need {num_spans} sentinels but the config "
+                             f"reserves {sentinel_count(self.config)} (tokenizer.extra_ids = "
+                             f"{self.config.tokenizer.extra_ids}, span_corruption."
+                             f"num_sentinels = {self.config.span_corruption.num_sentinels})")
         regular_BR = objectives.regular_tokens(tokens_BR, segment_ids_BR, self.config)
         enc_tokens_BS, enc_segments_BS, targets_BT, dec_segments_BT, weights_BT = jax.vmap(
             self.corrupt_row)(tokens_BR, segment_ids_BR, regular_BR, jax.random.split(rng, b))
@@ -177,10 +195,20 @@ def make(config):
     if config.model.seq_len < 2:
         raise ConfigError(f"config.model.seq_len = {config.model.seq_len}: span corruption "
                           "needs at least 2 encoder tokens; set --config.model.seq_len")
+    if not 0 <= sc.num_sentinels <= config.tokenizer.extra_ids:
+        raise ConfigError(f"config.span_corruption.num_sentinels = {sc.num_sentinels}: must be "
+                          f"in 0 .. tokenizer.extra_ids = {config.tokenizer.extra_ids} (the "
+                          "sentinels are the first extra ids after the pieces, counted down; "
+                          "0 = all of them); HF T5 uses 100 with extra_ids 128")
     objective = SpanCorruption(config)
     r = objective.row_length(config.model.seq_len)
     num_spans = objective.counts(r)[1]
-    objectives.require_extra_ids(
-        config, num_spans, f"one sentinel per noise span: rows of {r} raw tokens for "
-        f"model.seq_len = {config.model.seq_len} have {num_spans} spans")
+    why = (f"one sentinel per noise span: rows of {r} raw tokens for model.seq_len = "
+           f"{config.model.seq_len} have {num_spans} spans")
+    if sc.num_sentinels and sc.num_sentinels < num_spans:
+        raise ConfigError(f"config.span_corruption.num_sentinels = {sc.num_sentinels}: needs "
+                          f"at least {num_spans} ({why}); set "
+                          f"--config.span_corruption.num_sentinels={num_spans} (<= "
+                          f"tokenizer.extra_ids) or 0 to use every extra id")
+    objectives.require_extra_ids(config, num_spans, why)
     return objective
