@@ -23,6 +23,7 @@ from fmjax import checkpoint, config as config_lib, finetuner, integrity  # noqa
 from fmjax import models, sampling  # noqa: E402
 from fmjax.hf import conversion, mapping  # noqa: E402
 from fmjax.hf.safetensors_io import HFDir, TensorSpec, write_model  # noqa: E402
+from tests.e2e.test_train_cli import cli as _cli  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 96
@@ -389,15 +390,6 @@ def _train_tokenizer(path, vocab_size):
     with open(path, "wb") as f:
         f.write(buffer.getvalue())
     return spm.SentencePieceProcessor(model_file=path)
-
-
-def _cli(module, *args, timeout=300):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
 
 
 def test_cli_import_generate_finetune_and_export(tmp_path, data_dir):

@@ -5,7 +5,6 @@ single-process 8-device run (1e-5 relative; the cross-process reductions may rou
 differently), and the ledger (process 0's hash of each GLOBAL batch) lists every batch exactly
 once, the reference's batches in the reference's order. Plus the launcher's --dry_run, its
 failure handling, and the startup agreement check."""
-import json
 import os
 import re
 import signal
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from fmjax import checkpoint
+from tests.e2e.test_preemption import ledger, per_step
 from tests.e2e.test_train_cli import ROOT, TINY
 
 LAUNCHER = os.path.join(ROOT, "launch", "local.sh")
@@ -62,20 +62,6 @@ def run_and_stop(command, env, stop_after_step, only_process=None, timeout=240):
         assert time.monotonic() < deadline, "".join(lines)[-3000:]
     rest, _ = proc.communicate(timeout=timeout)
     return proc.returncode, "".join(lines) + rest
-
-
-def per_step(workdir):
-    rows = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for r in map(json.loads, f):
-            if "loss" in r:
-                rows[r["step"]] = (r["loss"], r["grad_norm"], r["learning_rate"])
-    return rows
-
-
-def ledger(workdir):
-    with open(os.path.join(workdir, "ledger.jsonl")) as f:
-        return [(r["step"], r["batch"]) for r in map(json.loads, f)]
 
 
 def latest_step(workdir):
