@@ -118,3 +118,20 @@ def test_checkpoint_clock_saves_on_steps_and_on_minutes(monkeypatch):
         dict(checkpoint_every=0, checkpoint_every_minutes=0.0)))
     now[0] += 1e6
     assert not off.due(5)
+
+
+def test_grace_period_is_enforced_after_a_signal():
+    import time
+    from fmjax import preemption
+    exits, lines = [], []
+    with preemption.StopRequest(0.2, log=lines.append, on_deadline=exits.append) as stop:
+        sigterm()
+        assert stop.requested and stop.seconds_left() <= 0.2
+        time.sleep(0.6)  # a save that hangs past the deadline
+    assert exits == [preemption.EXIT_GRACE_EXCEEDED]
+    assert "grace period of 0.2 s after SIGTERM ran out" in lines[-1]
+    exits.clear()
+    with preemption.StopRequest(0.3, log=lines.append, on_deadline=exits.append):
+        sigterm()  # the run stops in time: leaving the block cancels the deadline
+    time.sleep(0.5)
+    assert exits == []
