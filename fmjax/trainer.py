@@ -113,8 +113,8 @@ def train(config, workdir: str) -> Report:
     sample = ""
     family = models.get_family(engine.model_config.family)
     kind = family.kind
-    flop_count = ("6N + 12LdT per token" if family.row_flops is None
-                  else "6N + 12LdT per stack over its own tokens")
+    flop_count = ("6N + 12LdT FLOPs/token" if family.row_flops is None
+                  else "6N + 12LdT FLOPs per stack over its own tokens")
     can_sample = kind in sampling.TEXT_SAMPLERS
     if not can_sample:
         sample = f"(none: {engine.model_config.family} is an {kind} model; it does not generate)"
@@ -133,7 +133,7 @@ def train(config, workdir: str) -> Report:
                   eval_loss=eval_metrics.get("eval_loss", float("nan")),
                   eval_perplexity=eval_metrics.get("eval_perplexity", float("nan")),
                   tokens_per_sec=tps, mfu=logger.mfu(tps),
-                  mfu_convention=f"{flop_count} FLOPs over {result.peak_desc}",
+                  mfu_convention=f"{flop_count} over {result.peak_desc}",
                   num_params=num_params, checkpoint_dir=checkpoint.checkpoint_dir(workdir),
                   metrics_path=os.path.join(workdir, "metrics.jsonl"), sample=sample,
                   preempted=result.preempted)
