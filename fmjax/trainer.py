@@ -110,23 +110,22 @@ def train(config, workdir: str) -> Report:
     eval_metrics = result.eval_metrics
     if not eval_metrics and not result.preempted:
         eval_metrics = evaluate(engine, state.params, eval_batches)
-    sample = ""
     family = models.get_family(engine.model_config.family)
-    kind = family.kind
     flop_count = ("6N + 12LdT FLOPs/token" if family.row_flops is None
                   else "6N + 12LdT FLOPs per stack over its own tokens")
-    can_sample = kind in sampling.TEXT_SAMPLERS
-    if not can_sample:
-        sample = f"(none: {engine.model_config.family} is an {kind} model; it does not generate)"
+    sample = ""
+    if family.kind not in sampling.TEXT_SAMPLERS:
+        sample = (f"(none: {engine.model_config.family} is an {family.kind} model; it does not "
+                  "generate)")
     elif not result.preempted:
         params = state.params
         if jax.process_count() > 1:  # a host copy on every process (collective); sample on 0
             from jax.experimental import multihost_utils
             params = multihost_utils.process_allgather(params, tiled=True)
-    if can_sample and jax.process_index() == 0 and not result.preempted:
-        sample = sampling.sample_texts(engine, params, tokenizer, tr.sample_prompt,
-                                       max_new_tokens=tr.sample_tokens, temperature=0.8,
-                                       top_k=40, seed=config.seed)[0]
+        if jax.process_index() == 0:
+            sample = sampling.sample_texts(engine, params, tokenizer, tr.sample_prompt,
+                                           max_new_tokens=tr.sample_tokens, temperature=0.8,
+                                           top_k=40, seed=config.seed)[0]
     logger = result.logger
     tps = logger.median_tokens_per_sec()
     return Report(steps=result.step, train_loss=logger.last_loss,

@@ -375,18 +375,21 @@ def test_missing_tokenizer_is_stored_empty_and_readers_ask_for_one(hf_dirs, tmp_
 
 # ---- through the CLIs, with a SentencePiece tokenizer ---------------------------------------
 
-def _train_tokenizer(path, vocab_size):
-    """A Llama-style SentencePiece BPE (unk 0, bos 1, eos 2, no pad) on stdlib text."""
+def _train_tokenizer(path, vocab_size, *, files=("textwrap.py", "string.py", "shlex.py", "glob.py"),
+                     unk_id=0, bos_id=1, eos_id=2, pad_id=-1):
+    """A SentencePiece BPE on stdlib `files` written to `path`; the ids default to Llama's
+    (unk 0, bos 1, eos 2, no pad)."""
     import sentencepiece as spm
     stdlib = os.path.dirname(os.__file__)
     lines = []
-    for name in ("textwrap.py", "string.py", "shlex.py", "glob.py"):
+    for name in files:
         with open(os.path.join(stdlib, name)) as f:
             lines += [line for line in f.read().splitlines() if line.strip()]
     buffer = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buffer,
-                                   vocab_size=vocab_size, model_type="bpe", unk_id=0, bos_id=1,
-                                   eos_id=2, pad_id=-1, minloglevel=2, num_threads=1)
+                                   vocab_size=vocab_size, model_type="bpe", unk_id=unk_id,
+                                   bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, minloglevel=2,
+                                   num_threads=1)
     with open(path, "wb") as f:
         f.write(buffer.getvalue())
     return spm.SentencePieceProcessor(model_file=path)

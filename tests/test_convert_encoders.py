@@ -5,7 +5,6 @@ decode; export -> from_pretrained and export -> import are exact; the directory 
 (tied copies stored, a head missing, a SentencePiece with extra ids) and unrepresentable
 configs. Helpers shared with tests/test_convert.py (gpt2, llama)."""
 import functools
-import io
 import os
 import shutil
 
@@ -21,8 +20,8 @@ from fmjax import checkpoint, config as config_lib, models  # noqa: E402
 from fmjax.data.tokenizer import Tokenizer  # noqa: E402
 from fmjax.hf import conversion, mapping  # noqa: E402
 from fmjax.hf.safetensors_io import HFDir, TensorSpec, write_model  # noqa: E402
-from tests.test_convert import (QUIET, _cli, _mutated, _swap, _transposed, fmjax_model,  # noqa: E402
-                                import_edited)
+from tests.test_convert import (QUIET, _cli, _mutated, _swap, _train_tokenizer,  # noqa: E402
+                                _transposed, fmjax_model, import_edited)
 
 BERT_VOCAB, T5_VOCAB, T5_PIECES = 96, 160, 128
 BERT = dict(vocab_size=BERT_VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -84,18 +83,8 @@ def _older_layouts(case, tensors):
 
 def _t5_spiece(path):
     """A T5-style SentencePiece (pad 0, eos 1, unk 2, no bos) with T5_PIECES pieces."""
-    import sentencepiece as spm
-    stdlib = os.path.dirname(os.__file__)
-    lines = []
-    for name in ("textwrap.py", "string.py"):
-        with open(os.path.join(stdlib, name)) as f:
-            lines += [line for line in f.read().splitlines() if line.strip()]
-    buffer = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buffer,
-                                   vocab_size=T5_PIECES, model_type="bpe", pad_id=0, eos_id=1,
-                                   unk_id=2, bos_id=-1, minloglevel=2, num_threads=1)
-    with open(path, "wb") as f:
-        f.write(buffer.getvalue())
+    _train_tokenizer(path, T5_PIECES, files=("textwrap.py", "string.py"), pad_id=0, eos_id=1,
+                     unk_id=2, bos_id=-1)
 
 
 @pytest.fixture(scope="module")

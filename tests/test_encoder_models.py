@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax import info, layers, mesh as mesh_lib, models, state as state_lib
+from fmjax import attention, info, mesh as mesh_lib, models, state as state_lib
 from fmjax.models.classifier import build_classifier
 from tests.helpers import tiny_config
 
@@ -180,7 +180,7 @@ def test_decoder_and_cross_attention_stay_within_their_segment():
 def test_relative_position_buckets_match_hand_computed_values():
     """HF T5's formula with 32 buckets, max distance 128 (relative = key - query)."""
     def bucket(rel, bidirectional, **kw):
-        return int(layers.relative_position_bucket(jnp.asarray(rel), bidirectional=bidirectional,
+        return int(attention.relative_position_bucket(jnp.asarray(rel), bidirectional=bidirectional,
                                                    **kw))
     # bidirectional: 16 buckets a side, exact below 8; later keys in the upper half
     # log buckets: 8 + int(log(n / 8) / log(16) * 8): n=12 -> 9, n=16 -> 10, n=64 -> 14,

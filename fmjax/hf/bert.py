@@ -52,10 +52,7 @@ def config_from_hf(hf: dict) -> dict:
 
 
 def config_to_hf(cfg) -> dict:
-    if cfg.n_kv_heads != cfg.n_heads or cfg.head_dim * cfg.n_heads != cfg.d_model:
-        raise mapping.UnsupportedHFConfig(
-            f"config.model n_kv_heads = {cfg.n_kv_heads}, head_dim = {cfg.head_dim}: HF BERT "
-            f"needs n_kv_heads = n_heads ({cfg.n_heads}) and head_dim = d_model / n_heads")
+    mapping.require_plain_heads(cfg, "BERT")
     return {"architectures": ["BertForMaskedLM"], "model_type": "bert",
             "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
             "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,

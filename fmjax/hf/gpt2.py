@@ -28,10 +28,7 @@ def config_from_hf(hf: dict) -> dict:
 
 
 def config_to_hf(cfg) -> dict:
-    if cfg.n_kv_heads != cfg.n_heads or cfg.head_dim * cfg.n_heads != cfg.d_model:
-        raise mapping.UnsupportedHFConfig(
-            f"config.model n_kv_heads = {cfg.n_kv_heads}, head_dim = {cfg.head_dim}: HF GPT-2 "
-            f"needs n_kv_heads = n_heads ({cfg.n_heads}) and head_dim = d_model / n_heads")
+    mapping.require_plain_heads(cfg, "GPT-2")
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
             "vocab_size": cfg.vocab_size, "n_positions": cfg.max_positions,
             "n_embd": cfg.d_model, "n_layer": cfg.n_layers, "n_head": cfg.n_heads,

@@ -45,6 +45,17 @@ def require(hf: dict, family: str, field: str, allowed: tuple, why: str, default
         refuse(family, field, value, why)
 
 
+def require_plain_heads(cfg, name: str, *, head_dim_free: bool = False) -> None:
+    """Refuses (export) an fmjax model whose attention the HF family `name` cannot hold:
+    grouped-query heads, or (unless `head_dim_free`) head_dim != d_model / n_heads."""
+    if cfg.n_kv_heads != cfg.n_heads or (
+            not head_dim_free and cfg.head_dim * cfg.n_heads != cfg.d_model):
+        raise UnsupportedHFConfig(
+            f"config.model n_kv_heads = {cfg.n_kv_heads}, head_dim = {cfg.head_dim}: HF {name} "
+            f"needs n_kv_heads = n_heads ({cfg.n_heads})"
+            + ("" if head_dim_free else " and head_dim = d_model / n_heads"))
+
+
 # ---- declarations -----------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)

@@ -69,10 +69,7 @@ def converter(family: str, feed_forward_proj: str, sibling: str) -> mapping.Conv
                 "init_std": hf.get("initializer_factor", 1.0)}
 
     def config_to_hf(cfg) -> dict:
-        if cfg.n_kv_heads != cfg.n_heads:
-            raise mapping.UnsupportedHFConfig(
-                f"config.model.n_kv_heads = {cfg.n_kv_heads}: HF T5 needs n_kv_heads = n_heads "
-                f"({cfg.n_heads})")
+        mapping.require_plain_heads(cfg, "T5", head_dim_free=True)  # d_kv is its own field
         return {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5",
                 "vocab_size": cfg.vocab_size, "d_model": cfg.d_model, "d_kv": cfg.head_dim,
                 "d_ff": cfg.d_ff, "num_layers": cfg.n_layers,

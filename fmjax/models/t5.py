@@ -27,7 +27,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fmjax import flops, layers, models
+from fmjax import attention, flops, layers, models
 from fmjax.models.transformer import BlockSpec, stack
 
 
@@ -54,7 +54,7 @@ class T5Stack(nn.Module):
         cfg = self.cfg
         drop = nn.Dropout(cfg.dropout, deterministic=deterministic)
         x_BTD = layers.constrain(drop(x_BTD), "batch", "length", "embed")
-        bias_BHTT = layers.RelativePositionBias(
+        bias_BHTT = attention.RelativePositionBias(
             n_heads=cfg.n_heads, bidirectional=not self.decoder, num_buckets=cfg.relative_buckets,
             max_distance=cfg.relative_max_distance, init_std=cfg.init_std * cfg.d_model ** -0.5,
             param_dtype=jnp.dtype(cfg.param_dtype), name="rel_bias")(positions_BT, positions_BT)

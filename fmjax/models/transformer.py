@@ -12,7 +12,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fmjax import layers
+from fmjax import attention as attention_lib, layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +78,7 @@ class Block(nn.Module):
         drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
 
         def attention(name, causal):
-            return layers.Attention(
+            return attention_lib.Attention(
                 n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
                 use_bias=spec.use_bias, use_rope=spec.use_rope, rope_theta=cfg.rope_theta,
                 dropout=cfg.dropout, init_std=stds["kv"], out_init_std=stds["attn_out"],
