@@ -34,7 +34,11 @@ setup(
                  # and writes safetensors without them). torch is pinned to the release whose
                  # CPU-only wheel is at hand: any other spec pulls the CUDA build (several GB
                  # of nvidia-* packages) from PyPI.
-                 "transformers>=5.0,<6", "torch==2.13.0", "safetensors>=0.4.3,<1"],
+                 "transformers>=5.0,<6", "torch==2.13.0", "safetensors>=0.4.3,<1",
+                 # fmjax.preflight compiles for TPU topologies on any Linux host
+                 # (tests/test_preflight.py); the libtpu release jax[tpu]==0.10.2 requires.
+                 # With another jax, take its own: pip install 'jax[tpu]==<your jax>'.
+                 'libtpu==0.0.42.*; sys_platform == "linux" and platform_machine == "x86_64"'],
         "gpu": ["jax[cuda12]>=0.10.0,<0.12"],
         "tpu": ["jax[tpu]>=0.10.0,<0.12"],
     },

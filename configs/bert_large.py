@@ -8,6 +8,8 @@ Command:  python -m fmjax.train --config=configs/bert_large.py --workdir=gs://BU
           (phase 1 at 128 tokens as in configs/bert_base.py's header).
 Budget:   1,000,000 steps x 256 rows x 512 tokens = 131B tokens (Appendix A.2), 4 days on 64
           TPU chips in the paper.
+Slice:    v5p-16, the smallest on which this command peaks below 85% of HBM (python -m
+          fmjax.preflight: 12.0 of 95.7 GiB per chip).
 Expected: python -m fmjax.info reports 335,141,888 parameters (encoder + pooler; MLM head
           apart); fine-tuned GLUE test average 82.1 and MNLI-m 86.7 (Table 1).
 """
@@ -21,4 +23,5 @@ def get_config():
     c.model.n_heads = 16  # A
     c.model.d_ff = 4096  # 4H
     c.model.remat_policy = "dots_no_batch"  # 24 layers at 512 tokens: recompute the rest
+    c.hardware.tpu_slice = "v5p-16"  # smallest slice with room for this run (header: Slice)
     return c

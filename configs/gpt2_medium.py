@@ -6,6 +6,8 @@ Command:  python -m fmjax.train --config=configs/gpt2_medium.py --workdir=gs://B
               --config.data.source=c4/en --config.tokenizer.path=gpt2.model
 Budget:   ~10B tokens (19,073 steps x 512 x 1024), the budget of configs/gpt2_small.py, on a
           v5p-64 or a 16-64 GPU cluster.
+Slice:    v5p-64, the smallest on which this command peaks below 85% of HBM (python -m
+          fmjax.preflight: 68.2 of 95.7 GiB per chip).
 Expected: python -m fmjax.info reports 354,823,168 parameters (tied embeddings, biases in every
           dense and norm layer, learned positions 1024 x 1024).
 """
@@ -19,4 +21,5 @@ def get_config():
     c.model.n_heads = 16  # released checkpoint (head_dim 64)
     c.model.d_ff = 4 * 1024  # 4 x d_model
     c.optim.learning_rate = 2.4e-4  # GPT-3 paper Table 2.1, row of the nearest size (3e-4 there for the smaller neighbour)
+    c.hardware.tpu_slice = "v5p-64"  # smallest slice with room for this run (header: Slice)
     return c

@@ -6,6 +6,8 @@ Command:  python -m fmjax.train --config=configs/gpt2_small.py --workdir=gs://BU
               --config.data.source=c4/en --config.tokenizer.path=gpt2.model
 Budget:   ~10B tokens (nanoGPT / llm.c reproduction: 19,073 steps x 512 x 1024) on a v5p-32
           or 8 x H100 for about a day.
+Slice:    v5p-32, the smallest on which this command peaks below 85% of HBM (python -m
+          fmjax.preflight: 49.6 of 95.7 GiB per chip).
 Expected: python -m fmjax.info reports 124,439,808 parameters (tied embeddings, bias in every
           dense and norm layer, learned positions 1024 x 768); validation loss ~3.3 on web text.
 """
@@ -33,4 +35,5 @@ def get_config():
     c.optim.min_lr_ratio = 0.1
     c.optim.b2 = 0.95
     c.optim.weight_decay = 0.1
+    c.hardware.tpu_slice = "v5p-32"  # smallest slice with room for this run (header: Slice)
     return c

@@ -7,6 +7,8 @@ Command:  python -m fmjax.train --config=configs/llama2_7b.py --workdir=gs://BUC
               --config.mesh.fsdp=-1 --config.mesh.data=1
 Budget:   2T tokens in the paper (184,320 A100 GPU-hours); as a smoke run, 1,000 steps on a
           v5p-128 (the state is 6.7B x 16 bytes = 108 GB: shard it with fsdp).
+Slice:    v5p-512, the smallest on which this command peaks below 85% of HBM (python -m
+          fmjax.preflight: 61.4 of 95.7 GiB per chip); on a v5p-128 add --config.train.microbatches=4 (61 GiB).
 Expected: python -m fmjax.info reports 6,738,415,616 parameters.
 """
 from fmjax.config import base_config
@@ -36,4 +38,5 @@ def get_config():
     c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.95, 1e-5
     c.optim.weight_decay = 0.1
     c.optim.clip_norm = 1.0
+    c.hardware.tpu_slice = "v5p-512"  # smallest slice with room for this run (header: Slice)
     return c

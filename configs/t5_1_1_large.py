@@ -7,6 +7,8 @@ Command:  python -m fmjax.train --config=configs/t5_1_1_large.py \
               --workdir=gs://BUCKET/t5_1_1_large --config.data.source=c4/en \
               --config.tokenizer.path=t5_spiece.model --config.mesh.fsdp=8
 Budget:   1,000,000 steps x 2,048 x 512 ~ 1T tokens of C4 (T5's recipe).
+Slice:    v5p-32, the smallest on which this command peaks below 85% of HBM (python -m
+          fmjax.preflight: 52.2 of 95.7 GiB per chip).
 Expected: python -m fmjax.info reports 783,150,080 parameters.
 """
 from fmjax.config import sibling_config
@@ -20,4 +22,5 @@ def get_config():
     c.model.n_heads = 16  # released config
     c.model.d_ff = 2816  # released config
     c.model.remat_policy = "dots_no_batch"  # 48 blocks: recompute the rest
+    c.hardware.tpu_slice = "v5p-32"  # smallest slice with room for this run (header: Slice)
     return c

@@ -6,6 +6,8 @@ Command:  python -m fmjax.train --config=configs/t5_large.py --workdir=gs://BUCK
               --config.data.source=c4/en --config.tokenizer.path=t5_spiece.model \
               --config.mesh.fsdp=8
 Budget:   1,000,000 steps x 2,048 x 512 ~ 1T tokens (released models, Section 3.7).
+Slice:    v5p-32, the smallest on which this command peaks below 85% of HBM (python -m
+          fmjax.preflight: 45.5 of 95.7 GiB per chip).
 Expected: python -m fmjax.info reports 737,668,096 parameters; fine-tuned GLUE average 86.4
           (Table 14).
 """
@@ -20,4 +22,5 @@ def get_config():
     c.model.n_heads = 16  # Section 3.7
     c.model.d_ff = 4096  # Section 3.7
     c.model.remat_policy = "dots_no_batch"  # 48 blocks: recompute the rest
+    c.hardware.tpu_slice = "v5p-32"  # smallest slice with room for this run (header: Slice)
     return c

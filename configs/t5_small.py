@@ -10,6 +10,8 @@ Command:  python -m fmjax.train --config=configs/t5_small.py --workdir=gs://BUCK
 Budget:   the released models: 1,000,000 steps x 2,048 rows x 512 tokens ~ 1T tokens (Section
           3.7); the paper's baseline: 2^19 = 524,288 steps x 128 x 512 ~ 34B tokens
           (--config.train.global_batch_size=128 --config.train.steps=524288).
+Slice:    v5p-16, the smallest on which this command peaks below 85% of HBM (python -m
+          fmjax.preflight: 57.3 of 95.7 GiB per chip).
 Expected: python -m fmjax.info reports 60,506,624 parameters (one embedding shared by encoder,
           decoder and output, relative position buckets 32 x 8 per stack, no biases);
           fine-tuned GLUE average 77.4 (Table 14).
@@ -46,4 +48,5 @@ def get_config():
     c.optim.warmup_steps = 10_000  # k
     c.optim.weight_decay = 0.0  # none in the paper
     c.optim.clip_norm = 0.0  # Adafactor clips its updates itself
+    c.hardware.tpu_slice = "v5p-16"  # smallest slice with room for this run (header: Slice)
     return c

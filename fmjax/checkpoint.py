@@ -33,6 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from fmjax import integrity
+from fmjax.data import streams
 
 STATE, DATA, CONFIG, TOKENIZER, INTEGRITY = "state", "data", "config", "tokenizer", "integrity"
 PARAMS = "params"  # the one array item of a params-only export
@@ -146,24 +147,31 @@ def _restore_item(manager, step: int, item: str, args):
         raise DamagedCheckpoint(step, item, f"{type(e).__name__}: {e}") from e
 
 
-def _restore_data(manager, step: int, data_iterator) -> None:
+def _restore_data(manager, step: int, data_iterator) -> bool:
     """The iterator state of this process, or, when the checkpoint was written by another
-    number of processes, process 0's: every process's iterator walks the same global batches
-    (fmjax.data.pipeline) so their states are equal and a run resumes on any process count."""
+    number of processes, the merged states of all of them: a training iterator's state is
+    keyed by row stream (fmjax/data/streams.py), so each process picks the streams it owns
+    now. Other iterators (fine-tuning) take process 0's. True = this process's own state."""
     directory = epath.Path(manager.directory) / str(step) / DATA
     own = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
     if own.exists() or not directory.exists():
         _restore_item(manager, step, DATA, grain.checkpoint.CheckpointRestore(data_iterator))
-        return
-    written = sorted(directory.glob("process_0-of-*.json"))
-    if not written:
+        return True
+    written = {path.name: path for path in directory.glob("process_*-of-*.json")}
+    zero = [name for name in written if name.startswith("process_0-of-")]
+    if not zero:
         raise DamagedCheckpoint(step, DATA, f"no iterator state in {directory}")
     try:
-        data_iterator.set_state(json.loads(written[0].read_text()))
+        states = [json.loads(path.read_text()) for path in written.values()]
+        if all(streams.STATE_KEY in state for state in states):
+            data_iterator.set_state(streams.merge_states(states))
+        else:
+            data_iterator.set_state(json.loads(written[zero[0]].read_text()))
     except Exception as e:  # noqa: BLE001
         raise DamagedCheckpoint(step, DATA, f"{type(e).__name__}: {e}") from e
     if hasattr(data_iterator, "start_prefetch"):
         data_iterator.start_prefetch()
+    return False
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, shardings,
@@ -184,9 +192,9 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, shardings
         raise DamagedCheckpoint(step, STATE, f"{len(bad)} arrays do not match their checksums "
                                 f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
     if data_iterator is not None:
-        _restore_data(manager, step, data_iterator)
+        own = _restore_data(manager, step, data_iterator)
         # Only process 0's iterator state is in the checksum file (it is written by process 0).
-        if jax.process_index() == 0 and checks[DATA] is not None:
+        if own and jax.process_index() == 0 and checks[DATA] is not None:
             if integrity.json_digest(data_iterator.get_state()) != checks[DATA]:
                 raise DamagedCheckpoint(step, DATA, "content does not match its checksum")
     return state, dict(config_dict), tokenizer_bytes

@@ -63,13 +63,16 @@ def base_config() -> ml_collections.ConfigDict:
     t.extra_ids = 0  # ids after the pieces: vocab_size = pieces + extra_ids; [MASK] = vocab_size - 1; sentinels: span_corruption.num_sentinels
 
     c.data = d = ml_collections.ConfigDict()
-    d.source = "stdlib"  # stdlib | local_text | a TFDS name such as tiny_shakespeare
+    d.source = "stdlib"  # stdlib | local_text | c4/en | lm1b | wiki40b/en | pg19 | tiny_shakespeare (fmjax/data/tfds_text.py) | any TFDS name
+    d.mixture = ""  # instead of data.source: "NAME:WEIGHT,..." e.g. "c4/en:0.8,wiki40b/en:0.15,local_text:0.05"; weights = shares of documents
     d.paths = ""  # local_text: comma-separated files or globs of .txt / .jsonl
-    d.text_field = "text"  # local_text .jsonl: key holding the document text
-    d.tfds_data_dir = os.path.join("~", ".cache", "fmjax", "tfds")  # array_record cache
+    d.text_field = "text"  # feature or .jsonl key holding the text (named TFDS datasets know theirs); classification: "premise,hypothesis" = a pair
+    d.validation_split = ""  # TFDS split evaluated on; "" = the dataset's own (validation, else test)
+    d.tfds_data_dir = os.path.join("~", ".cache", "fmjax", "tfds")  # array_record files: local path or gs://
     d.validation_percent = 5  # stdlib/local_text: % of documents held out, by path hash
     d.shuffle = True  # shuffle training documents (seeded; order = f(seed, epoch, index))
-    d.shuffle_buffer = 4096  # packed rows mixed in a seeded window: long files span hundreds of rows
+    d.shuffle_buffer = 4096  # packed rows mixed in seeded windows (split over the streams): long files span hundreds of rows
+    d.streams = 0  # independent packed row streams S (divides the batch; a process reads only its streams' documents); 0 = one per batch row
     d.num_workers = 0  # grain worker processes (0 = in the main process)
     d.ledger = False  # write a hash of every global batch to WORKDIR/ledger.jsonl
     d.label_field = "label"  # classification sources: feature holding the integer class
@@ -143,6 +146,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.bench = b = ml_collections.ConfigDict()
     b.warmup_steps = 3  # untimed steps after compile
     b.steps = 10  # timed steps; the median is reported
+
+    c.hardware = hw = ml_collections.ConfigDict()
+    hw.tpu_slice = ""  # smallest TPU slice the run is meant for (v5p-128; fmjax/tpu_slices.py); python -m fmjax.preflight checks that it fits
     return c
 
 
@@ -152,7 +158,8 @@ SHAPE_KEYS = ("model.family", "model.vocab_size", "model.d_model", "model.n_laye
               "model.max_positions", "model.tie_embeddings", "model.scan_layers",
               "model.n_decoder_layers", "model.type_vocab_size", "model.relative_buckets",
               "optim.name")
-DATA_ORDER_KEYS = ("seed", "data.source", "data.paths", "data.shuffle", "data.shuffle_buffer",
+DATA_ORDER_KEYS = ("seed", "data.source", "data.mixture", "data.paths", "data.shuffle",
+                   "data.shuffle_buffer", "data.streams",
                    "model.seq_len", "train.global_batch_size", "objective",
                    "span_corruption.noise_density", "span_corruption.mean_span_length")
 

@@ -11,6 +11,16 @@ from fmjax.config import ConfigError, did_you_mean
 T = TypeVar("T")
 
 
+def import_if_present(module: str) -> None:
+    """Imports `module` so that it registers itself; a missing module of that name is not an
+    error, a module that exists but fails (a missing dependency, say) is."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+
+
 class Registry(Generic[T]):
     def __init__(self, package: str, field: str, what: str):
         self.package = package  # e.g. "fmjax.models": NAME lives in fmjax/models/NAME.py
@@ -23,14 +33,7 @@ class Registry(Generic[T]):
         return entry
 
     def _import(self, module_name: str):
-        """Imports PACKAGE.module_name; a missing module of that name is not an error, a module
-        that exists but fails (a missing dependency, say) is."""
-        full = f"{self.package}.{module_name}"
-        try:
-            importlib.import_module(full)
-        except ModuleNotFoundError as e:
-            if e.name != full:
-                raise
+        import_if_present(f"{self.package}.{module_name}")
 
     def get(self, name: str) -> T:
         if name not in self._entries:

@@ -31,7 +31,10 @@ def init_params_fn(model, seq_len: int):
 
 def abstract_params(model, seq_len: int):
     """(ShapeDtypeStruct params, the same with their logical-axis boxes); allocates nothing."""
-    boxed = jax.eval_shape(init_params_fn(model, seq_len), jax.random.PRNGKey(0))
+    init = init_params_fn(model, seq_len)
+    # the key is made inside the trace: under a mesh of devices this host cannot address (a
+    # TPU topology compiled ahead of time, fmjax/aot.py) nothing may run eagerly
+    boxed = jax.eval_shape(lambda: init(jax.random.PRNGKey(0)))
     abstract = jax.tree.map(lambda x: x.unbox(apply_constraint=False), boxed,
                             is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
     return abstract, boxed

@@ -90,3 +90,26 @@ def test_pools_the_last_real_token(family):
 def test_too_few_classes_is_a_clear_error():
     with pytest.raises(ValueError, match="config.task.num_classes = 1"):
         build_classifier(tiny_config("gpt2"), 1)
+
+
+def test_sentence_pair_token_types_reach_bert_and_are_ignored_by_decoders():
+    """The classification objective passes a pair's token types (0 on text A, 1 on text B):
+    BERT embeds them, a decoder family has no such input and gets the same logits."""
+    from fmjax import objectives
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(4, 128, (2, 8)).astype(np.int32)
+    pair = {"tokens": tokens, "segment_ids": np.ones((2, 8), np.int32),
+            "positions": np.tile(np.arange(8, dtype=np.int32), (2, 1)),
+            "token_types": np.tile((np.arange(8) >= 4).astype(np.int32), (2, 1)),
+            "labels": np.zeros(2, np.int32), "weights": np.ones(2, np.float32)}
+    single = {**pair, "token_types": np.zeros((2, 8), np.int32)}
+    for family, differs in (("bert", True), ("gpt2", False)):
+        config = tiny_config(family, init_std=0.2)
+        config.objective = "classification"
+        objective = objectives.get(config)
+        classifier, _ = build_classifier(config, NUM_CLASSES)
+        params = nn.unbox(_boxed(classifier))
+        logits = [np.asarray(classifier.apply({"params": params},
+                                              **objective.transform(batch)["inputs"]))
+                  for batch in (pair, single)]
+        assert (np.abs(logits[0] - logits[1]).max() > 1e-4) == differs, family

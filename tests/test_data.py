@@ -13,7 +13,8 @@ import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fmjax.config import ConfigError, base_config
-from fmjax.data import hash_split, local_text, pipeline, sources, stdlib_corpus
+from fmjax.data import hash_split, local_text, packing, pipeline, sources, stdlib_corpus
+from fmjax.data import streams
 from fmjax.data import tokenizer as tokenizer_lib
 from tests.helpers import assert_batches_equal, take
 
@@ -305,8 +306,9 @@ def test_shuffling_spreads_a_long_document_over_batches(data_dir, tokenizer, tin
     train = sources.get_source(tiny_config(data_dir, tiny_corpus), "train")
     chunks = document_chunks(tokenizer, [train[i]["text"] for i in range(len(train))])
 
-    def largest_share_of_one_document(shuffle):
-        config = tiny_config(data_dir, tiny_corpus, shuffle=shuffle)
+    def largest_share_of_one_document(shuffle, streams):
+        config = tiny_config(data_dir, tiny_corpus, shuffle=shuffle, streams=streams,
+                             shuffle_buffer=64)  # doc007 is about 50 rows
         shares = []
         for batch in take(pipeline.make_train_iterator(config, tokenizer, process_index=0,
                                                        process_count=1), 20):
@@ -314,8 +316,11 @@ def test_shuffling_spreads_a_long_document_over_batches(data_dir, tokenizer, tin
             shares.append(max(docs.count(d) for d in set(docs)) / len(docs))
         return max(shares)
 
-    assert largest_share_of_one_document(False) == 1.0  # doc007 fills whole batches in order
-    assert largest_share_of_one_document(True) < 1.0
+    # One stream read in order: doc007 fills whole batches; shuffled rows spread it.
+    assert largest_share_of_one_document(False, streams=1) == 1.0
+    assert largest_share_of_one_document(True, streams=1) < 1.0
+    # One stream per row (the default): a document feeds one row of each batch at most.
+    assert largest_share_of_one_document(False, streams=0) <= 0.25
 
 
 def test_same_seed_same_batches_other_seed_other_batches(data_dir, tokenizer, tiny_corpus):
@@ -375,6 +380,60 @@ def test_processes_take_disjoint_rows_of_the_same_global_batches(data_dir, token
     assert_batches_equal([{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(*evals)],
                          pipeline.make_eval_batches(config, tokenizer, process_index=0,
                                                     process_count=1))
+
+
+def test_each_process_tokenizes_only_the_documents_of_its_streams(data_dir, tokenizer,
+                                                                  tiny_corpus, monkeypatch):
+    """2 processes read disjoint documents that together are every document one process reads."""
+    config = tiny_config(data_dir, tiny_corpus)
+    read = {}
+    real_map = packing.TokenizeDocument.map
+
+    def recording_map(self, element):
+        read.setdefault(reader, set()).add(element["text"])
+        return real_map(self, element)
+
+    monkeypatch.setattr(packing.TokenizeDocument, "map", recording_map)
+    for reader, (index, count) in {"p0": (0, 2), "p1": (1, 2), "one": (0, 1)}.items():
+        iterator = pipeline.make_train_iterator(config, tokenizer, process_index=index,
+                                                process_count=count)
+        take(iterator, 3)
+        iterator.close()
+    assert read["p0"] and read["p1"] and not read["p0"] & read["p1"]
+    assert read["p0"] | read["p1"] <= read["one"]
+    assert len(read["p0"] | read["p1"]) > 0.6 * len(read["one"])  # (read-ahead differs)
+
+
+def test_a_checkpoint_of_2_processes_resumes_on_1_and_back(data_dir, tokenizer, tiny_corpus):
+    """Iterator states are keyed by row stream: merged, they resume any process count."""
+    config = tiny_config(data_dir, tiny_corpus)
+    single = take(pipeline.make_train_iterator(config, tokenizer, process_index=0,
+                                               process_count=1), 9)
+    halves = [pipeline.make_train_iterator(config, tokenizer, process_index=i, process_count=2)
+              for i in (0, 1)]
+    for half in halves:
+        take(half, 4)
+    saved = [json.loads(json.dumps(half.get_state())) for half in halves]
+    one = pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=1)
+    one.set_state(streams.merge_states(saved))
+    assert_batches_equal(take(one, 3), single[4:7])
+    back = [pipeline.make_train_iterator(config, tokenizer, process_index=i, process_count=2)
+            for i in (0, 1)]
+    for half in back:
+        half.set_state(one.get_state())
+    assert_batches_equal([{k: np.concatenate([a[k], b[k]]) for k in a}
+                          for a, b in zip(*(take(half, 2) for half in back))], single[7:9])
+
+
+def test_row_streams_that_cannot_be_shared_out_name_the_field(data_dir, tokenizer, tiny_corpus):
+    config = tiny_config(data_dir, tiny_corpus, streams=3)
+    with pytest.raises(ConfigError, match=r"data.streams = 3: must divide .*global_batch_size = 8"):
+        pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=1)
+    config.data.streams = 2  # 4 rows each: 2 processes of 4 rows fit, rows 0-1 + 4-5 do not
+    pipeline.make_train_iterator(config, tokenizer, process_index=1, process_count=2).close()
+    with pytest.raises(ConfigError, match=r"rows \[0, 1, 4, 5\].*--config.data.streams"):
+        pipeline.make_train_iterator(config, tokenizer, process_index=0, process_count=2,
+                                     rows=[0, 1, 4, 5])
 
 
 def test_process_rows_are_the_rows_this_process_devices_hold():

@@ -1,6 +1,8 @@
-"""Data: sources (embedded stdlib corpus, local text, any TFDS dataset), tokenizer, packing, grain.
+"""Data: sources (embedded stdlib corpus, local text, TFDS), mixtures, tokenizer, packing, grain.
 
   sources.get_source(config, split)            -> TextSource of {'text': str}
+  tfds_text.NAMED                              -> how each named TFDS text dataset is read
+  mixture.parse(config.data.mixture)           -> weighted components of a mixture
   tokenizer.ensure_tokenizer(config)           -> Tokenizer (loaded, or trained once and cached)
   pipeline.make_train_iterator(config, tok)    -> checkpointable grain iterator of batches
   pipeline.make_eval_batches(config, tok)      -> the same validation batches on every call

@@ -6,23 +6,28 @@
 
 Sources: a name registered with `@register_classification_builder` (the embedded
 `stdlib_functions` task; a name NAME is also looked up by importing `fmjax.data.NAME`), else any
-TFDS dataset by name (`glue/sst2`, `imdb_reviews`, ...) read as array_record through
-`tfds.data_source`. The text comes from `config.data.text_field`, the integer class from
-`config.data.label_field` (a ClassLabel gives the class names; a plain integer feature needs
-`config.task.num_classes`). 'validation' falls back to 'test' for datasets without one.
+TFDS dataset by name (`glue/sst2`, `glue/mnli`, `imdb_reviews`, ...) read as array_record. The
+text comes from `config.data.text_field`: one feature, or two comma-separated ones for a
+sentence pair (`"premise,hypothesis"`); the integer class from `config.data.label_field` (a
+ClassLabel gives the class names; a plain integer feature needs `config.task.num_classes`).
+'validation' is `config.data.validation_split` when set (glue/mnli: validation_matched or
+validation_mismatched), else 'validation', else 'test'.
 Every label of an opened split is read and checked once on open (which also gives
 `label_counts`); `config.data.max_examples` caps each split to its first N examples (TFDS writes
 examples in a hashed order, so that is an unbiased sample).
 
-A batch is a dict of numpy arrays: 'tokens', 'segment_ids', 'positions' int32 [B, T] (one
-example per row: [bos] + encode(text), cut to T tokens keeping the start, no eos; segment_ids 1
-on real tokens and 0 on padding; positions 0..n-1 on real tokens, 0 on padding), 'labels'
-int32 [B] and 'weights' float32 [B] (1 for an example, 0 for a padding row). The last real
-token of a row is at index segment_ids.sum() - 1. B = global_batch_size // process_count.
+A batch is a dict of numpy arrays: 'tokens', 'segment_ids', 'positions', 'token_types' int32
+[B, T] (one example per row: [bos] + encode(text), cut to T tokens keeping the start, no eos; a
+pair is [bos] + A + [eos] + B, the eos being the separator every fmjax tokenizer has (the
+end-of-document token the model saw between packed documents, BERT's [SEP] position), with
+the longer text shortened first when it does not fit; segment_ids 1 on real tokens and 0 on
+padding; positions 0..n-1 on real tokens, 0 on padding; token_types 0 on [bos] A [eos] and 1
+on B, BERT's segment A / B convention, all 0 for one text), 'labels' int32 [B] and 'weights'
+float32 [B] (1 for an example, 0 for a padding row). The last real token of a row is at index
+segment_ids.sum() - 1. B = global_batch_size // process_count.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable, Sequence
 
 import grain
@@ -30,26 +35,19 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from fmjax.config import ConfigError
+from fmjax.registry import import_if_present
 from fmjax.data import hash_split, pipeline
-from fmjax.data.sources import resolve_split
-from fmjax.data.text_source import as_text, prepare, tfds_data_dir
+from fmjax.data.tfds_builders import catalog_builder, prepare_or_explain, resolve_split
+from fmjax.data.text_source import as_text, tfds_data_dir
 
-TOKENS, SEGMENT_IDS, POSITIONS, LABELS, WEIGHTS = (
-    "tokens", "segment_ids", "positions", "labels", "weights")
+TOKENS, SEGMENT_IDS, POSITIONS, TOKEN_TYPES, LABELS, WEIGHTS = (
+    "tokens", "segment_ids", "positions", "token_types", "labels", "weights")
 SPLITS = (hash_split.TRAIN, hash_split.VALIDATION)
 LABEL_READ_CHUNK = 1024  # records decoded per call while checking labels on open
+MAX_TEXT_FIELDS = 2  # one text, or a pair (segments A and B: BERT has two token types)
 
 BuilderFn = Callable[..., tfds.core.DatasetBuilder]  # config -> prepared builder
 CLASSIFICATION_BUILDERS: dict[str, BuilderFn] = {}
-
-# tfds imports its legacy (pre-`datasets/`) builders, glue among them, in one loop that stops
-# at the first module failing to import (nearest_neighbors needs h5py), so without h5py
-# `tfds.builder('glue/sst2')` is "not found". Importing them one by one registers the rest.
-TFDS_LEGACY_MODULES = (
-    "audio", "graphs", "image", "image_classification", "object_detection",
-    "nearest_neighbors", "question_answering", "d4rl", "ranking", "recommendation",
-    "rl_unplugged", "rlds.datasets", "robotics", "robomimic", "structured", "summarization",
-    "text", "text_simplification", "time_series", "translate", "video", "vision_language")
 
 
 def register_classification_builder(name: str) -> Callable[[BuilderFn], BuilderFn]:
@@ -67,7 +65,8 @@ def register_classification_builder(name: str) -> Callable[[BuilderFn], BuilderF
 
 
 class ClassificationSource:
-    """Random access to {'text': str, 'label': int} of one split; labels checked on open.
+    """Random access to {'text': str, 'label': int} of one split ({'text', 'text_pair',
+    'label'} when `text_field` names two features, "a,b"); labels checked on open.
 
     Implements grain's RandomAccessDataSource protocol and pickles with its records, so grain
     worker processes can read it.
@@ -77,6 +76,7 @@ class ClassificationSource:
                  labels: np.ndarray, class_names: Sequence[str], identity: str):
         self.records = records
         self.text_field = text_field
+        self.text_fields = text_fields_of(text_field)
         self.labels = labels  # int32 [N], every value in [0, num_classes)
         self.class_names = tuple(class_names)
         self.identity = identity
@@ -94,8 +94,11 @@ class ClassificationSource:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"text": as_text(self.records[index][self.text_field]),
-                "label": int(self.labels[index])}
+        record = self.records[index]
+        example = {"text": as_text(record[self.text_fields[0]]), "label": int(self.labels[index])}
+        if len(self.text_fields) > 1:
+            example["text_pair"] = as_text(record[self.text_fields[1]])
+        return example
 
     def __repr__(self) -> str:
         return (f"ClassificationSource({self.identity}, {len(self)} examples, "
@@ -129,11 +132,12 @@ def open_classification(config, split: str) -> ClassificationSource:
         records = builder.as_data_source(split=tfds_split)
     else:
         data_dir = tfds_data_dir(config)
-        builder = prepare_tfds(tfds_builder(name, data_dir), name, data_dir)
-        tfds_split = resolve_split(name, split, list(builder.info.splits))
+        builder = prepare_or_explain(tfds_builder(name, data_dir), name, data_dir)
+        tfds_split = resolve_split(name, split, list(builder.info.splits),
+                                   validation_split=config.data.validation_split)
         tfds_split = capped_split(config, tfds_split,
                                   builder.info.splits[tfds_split].num_examples)
-        records = tfds.data_source(name, split=tfds_split, data_dir=data_dir, download=False)
+        records = builder.as_data_source(split=tfds_split)
     identity = f"{builder.info.full_name}:{tfds_split}"
     class_names = check_features(config, builder.info.features, identity)
     labels = read_labels(config, records, len(class_names), identity)
@@ -144,66 +148,20 @@ def open_classification(config, split: str) -> ClassificationSource:
 def registered_builder(name: str) -> BuilderFn | None:
     """The builder function registered as `name`, importing `fmjax.data.<name>` if needed."""
     if name not in CLASSIFICATION_BUILDERS and name.isidentifier():
-        module = f"fmjax.data.{name}"
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+        import_if_present(f"fmjax.data.{name}")
     return CLASSIFICATION_BUILDERS.get(name)
 
 
 def tfds_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     """`tfds.builder(name)` in array_record form; an unknown name is a ConfigError."""
-    for attempt in range(2):
-        try:
-            return tfds.builder(name, data_dir=data_dir, file_format="array_record")
-        except tfds.core.registered.DatasetNotFoundError:
-            if attempt == 0:
-                import_tfds_legacy_builders()
+    builder = catalog_builder(name, data_dir)
+    if builder is not None:
+        return builder
     registered_names = ", ".join(sorted(CLASSIFICATION_BUILDERS)) or "none"
     raise ConfigError(
         f"config.data.source = {name!r}: neither a registered classification source "
         f"({registered_names}) nor a known TFDS dataset; set --config.data.source to one of "
         "those or to a TFDS name such as glue/sst2 or imdb_reviews")
-
-
-def prepare_tfds(builder: tfds.core.DatasetBuilder, name: str,
-                 data_dir: str) -> tfds.core.DatasetBuilder:
-    """`prepare(builder)`; a build that needs TensorFlow is a ConfigError saying what to do.
-
-    TFDS 4.9.10 still extracts and iterates downloaded archives (zip, tar) through
-    `tf.io.gfile` (tensorflow/datasets#11058), so glue/*, imdb_reviews and most catalog text
-    datasets cannot be BUILT without TensorFlow, though reading their array_record files can.
-    """
-    try:
-        return prepare(builder)
-    except Exception as e:  # noqa: BLE001 (re-raised unless TensorFlow is what is missing)
-        if not missing_tensorflow(e):
-            raise
-        raise ConfigError(
-            f"config.data.source = {name!r}: building {builder.info.full_name} needs "
-            "TensorFlow (TFDS reads downloaded archives with tf.io.gfile, "
-            "tensorflow/datasets#11058), which fmjax does not depend on; build it once where "
-            f"TensorFlow is installed: `tfds build {name} --file_format=array_record "
-            f"--data_dir={data_dir}` (reading it back needs no TensorFlow), or set "
-            "--config.data.source=stdlib_functions") from e
-
-
-def missing_tensorflow(error: BaseException | None) -> bool:
-    while error is not None:
-        if isinstance(error, ModuleNotFoundError) and error.name == "tensorflow":
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def import_tfds_legacy_builders() -> None:
-    for module in TFDS_LEGACY_MODULES:
-        try:
-            importlib.import_module(f"tensorflow_datasets.{module}")
-        except ImportError:  # an optional dependency of that module's datasets is missing
-            pass
 
 
 def capped_split(config, split: str, num_examples: int) -> str:
@@ -220,16 +178,22 @@ def check_features(config, features: tfds.features.FeaturesDict, identity: str
     """Class names of the label feature; ConfigError if a configured field is unusable."""
     names = ", ".join(features.keys())
     text_field, label_field = config.data.text_field, config.data.label_field
-    for flag, field in (("text_field", text_field), ("label_field", label_field)):
-        if field not in features:
-            raise ConfigError(f"config.data.{flag} = {field!r}: {identity} has no such "
-                              f"feature (it has: {names}); set --config.data.{flag} to one of "
-                              "them")
-    if not isinstance(features[text_field], tfds.features.Text):
-        raise ConfigError(
-            f"config.data.text_field = {text_field!r}: in {identity} it is a "
-            f"{type(features[text_field]).__name__}, not Text; set --config.data.text_field "
-            f"to a text feature among: {names}")
+    text_fields = text_fields_of(text_field)
+    for flag, value, fields in (("text_field", text_field, text_fields),
+                                ("label_field", label_field, [label_field])):
+        for field in fields:
+            if field not in features:
+                missing = "no such feature" if len(fields) == 1 else f"no feature {field!r}"
+                raise ConfigError(
+                    f"config.data.{flag} = {value!r}: {identity} has {missing} (it has: "
+                    f"{names}); set --config.data.{flag} to one of them"
+                    + (" (two, comma-separated, for a pair)" if flag == "text_field" else ""))
+    for field in text_fields:
+        if not isinstance(features[field], tfds.features.Text):
+            raise ConfigError(
+                f"config.data.text_field = {text_field!r}: in {identity}, {field!r} is a "
+                f"{type(features[field]).__name__}, not Text; set --config.data.text_field "
+                f"to a text feature among: {names}")
     label_feature = features[label_field]
     requested = config.task.num_classes
     if isinstance(label_feature, tfds.features.ClassLabel):
@@ -252,6 +216,17 @@ def check_features(config, features: tfds.features.FeaturesDict, identity: str
             "integer without class names; set --config.task.num_classes to the number of "
             "classes")
     return tuple(str(i) for i in range(requested))
+
+
+def text_fields_of(text_field: str) -> tuple[str, ...]:
+    """'sentence' -> ('sentence',); 'premise,hypothesis' -> a pair; ConfigError otherwise."""
+    fields = tuple(f.strip() for f in text_field.split(","))
+    if not all(fields) or len(fields) > MAX_TEXT_FIELDS or len(set(fields)) != len(fields):
+        raise ConfigError(
+            f"config.data.text_field = {text_field!r}: name one text feature, or two distinct "
+            "ones for a sentence pair; e.g. --config.data.text_field=sentence or "
+            "--config.data.text_field=premise,hypothesis")
+    return fields
 
 
 def read_labels(config, records: Sequence[dict], num_classes: int, identity: str
@@ -281,27 +256,52 @@ def read_labels(config, records: Sequence[dict], num_classes: int, identity: str
 
 
 class EncodeExample(grain.transforms.Map):
-    """{'text', 'label'} -> one row: tokens/segment_ids/positions [T], labels, weights."""
+    """{'text'[, 'text_pair'], 'label'} -> one row: tokens/segment_ids/positions/token_types
+    [T], labels, weights (see the module doc for the layout)."""
 
     def __init__(self, tokenizer, seq_len: int):
         self.tokenizer = tokenizer
         self.seq_len = seq_len
 
     def map(self, example):
-        ids = [self.tokenizer.bos_id, *self.tokenizer.encode(example["text"])][:self.seq_len]
-        row = padding_row(self.seq_len, self.tokenizer.pad_id)
+        tok = self.tokenizer
+        first = [tok.bos_id, *tok.encode(example["text"])]
+        if "text_pair" in example:
+            first, second = fit_pair(first + [tok.eos_id], tok.encode(example["text_pair"]),
+                                     self.seq_len)
+        else:
+            first, second = first[:self.seq_len], []
+        ids = first + second
+        row = padding_row(self.seq_len, tok.pad_id)
         row[TOKENS][:len(ids)] = ids
         row[SEGMENT_IDS][:len(ids)] = 1
         row[POSITIONS][:len(ids)] = np.arange(len(ids))
+        row[TOKEN_TYPES][len(first):len(ids)] = 1
         row[LABELS] = np.int32(example["label"])
         row[WEIGHTS] = np.float32(1.0)
         return row
+
+
+def fit_pair(first: list[int], second: list[int], seq_len: int) -> tuple[list[int], list[int]]:
+    """Both parts cut to fit seq_len (>= 3) together, the longer one shortened first (BERT's
+    "longest first": a part no longer than half the row stays whole, else both get half);
+    `first` ([bos] A [eos]) keeps its start and its separator, `second` its start."""
+    a, b = len(first), len(second)
+    if a + b > seq_len:
+        if b <= seq_len // 2:
+            a = seq_len - b
+        elif a <= (seq_len + 1) // 2:
+            b = seq_len - a
+        else:
+            a, b = (seq_len + 1) // 2, seq_len // 2
+    return first[:a - 1] + first[-1:], second[:b]
 
 
 def padding_row(seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
     """A row that is no example: pad tokens, segment 0, label 0, weight 0."""
     return {TOKENS: np.full(seq_len, pad_id, np.int32),
             SEGMENT_IDS: np.zeros(seq_len, np.int32), POSITIONS: np.zeros(seq_len, np.int32),
+            TOKEN_TYPES: np.zeros(seq_len, np.int32),
             LABELS: np.int32(0), WEIGHTS: np.float32(0.0)}
 
 

@@ -1,22 +1,28 @@
 """The grain input pipeline: per-process batches of packed rows, checkpointable, deterministic.
 
 Train: all documents -> seeded shuffle per epoch (order = f(seed, epoch, index)), repeated
-forever -> tokenize -> chunk + first-fit pack into rows of T tokens -> seeded window shuffle of
-rows -> GLOBAL batches of global_batch_size rows -> this process's rows of each global batch
-(B_local = global_batch_size // process_count; by default the contiguous block
-[i * B_local, (i + 1) * B_local), or the rows its devices hold, `rows=process_rows(sharding)`).
-So the global batch of step s is a pure function of (seed, s), whatever the process count: a
-run on 2 hosts trains on exactly the batches of a run on 1 host, a checkpoint resumes on
-another process count, and every process's iterator state is the same (each host packs the
-whole stream and keeps its rows: cheap next to a training step for text, and what makes the
-packing independent of the process count). Each batch is a dict of int32 numpy arrays
-`tokens_BT`, `segment_ids_BT`, `positions_BT` under the
-keys 'tokens', 'segment_ids', 'positions'. T is the objective's raw row length
+forever -> dealt to S row streams (`config.data.streams`, fmjax/data/streams.py: stream j gets
+every S-th document) -> in each stream: tokenize -> chunk + first-fit pack into rows of T
+tokens -> seeded window shuffle of rows -> B/S rows per step. Row r of the global batch of step
+s comes from stream r // (B/S), so the global batch is a pure function of (seed, s), whatever
+the process count, and each process reads, tokenizes and packs only the documents of the
+streams whose rows it holds (B_local = global_batch_size // process_count; by default the
+contiguous block [i * B_local, (i + 1) * B_local), or the rows its devices hold,
+`rows=process_rows(sharding)`). A run on 2 hosts trains on exactly the batches of a run on 1
+host, and a checkpoint resumes on another process count: iterator states are keyed by stream.
+Each batch is a dict of int32 numpy arrays `tokens_BT`, `segment_ids_BT`, `positions_BT` under
+the keys 'tokens', 'segment_ids', 'positions'. T is the objective's raw row length
 (`objectives.row_length(config)`: model.seq_len, or more for span corruption, whose encoder
 input is then exactly seq_len). The iterator's `get_state()` / `set_state()` (and
 orbax via `grain.checkpoint.CheckpointSave` / `CheckpointRestore`) resume it exactly.
 
+Mixtures (`config.data.mixture`, fmjax/data/mixture.py): each component's documents are
+shuffled per epoch with a seed derived from (seed, component name) and repeated, then
+interleaved by grain's `MapDataset.mix` in proportion to the weights, all before tokenization;
+the mixed stream is still a pure function of (seed, index), so everything above holds.
+
 Eval: the validation split, unshuffled and cycled, packed the same way; identical every call.
+A mixture evaluates its components' validation splits mixed with the same weights.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ import numpy as np
 
 from fmjax import objectives
 from fmjax.config import ConfigError
+from fmjax.data import mixture, streams
 from fmjax.data.packing import TokenizeDocument, pack_documents
 from fmjax.data.sources import get_source
 
@@ -39,6 +46,12 @@ PACKING_BINS = 64
 # A thread tokenizing documents ahead of packing (SentencePiece holds the GIL, so more threads
 # do not help; use data.num_workers), and how many documents it may run ahead.
 READ_OPTIONS = grain.ReadOptions(num_threads=1, prefetch_buffer_size=64)
+# Training reads S row streams (fmjax/data/streams.py): each tokenizes in the thread that reads
+# the batches (ThreadPrefetchIterDataset, one for all streams) and packs over fewer open rows
+# (at T=256 on the stdlib corpus 8 bins pad 1.6% of tokens), so one stream per batch row stays
+# cheap in threads and memory.
+STREAM_READ_OPTIONS = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+STREAM_PACKING_BINS = 8
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -108,35 +121,85 @@ def shard_documents(source, index: int, count: int, split: str) -> grain.MapData
 
 
 def packed_batches(documents: grain.MapDataset, config, tokenizer, batch_size: int,
-                   *, row_shuffle_seed: int | None,
-                   row_length: int | None = None) -> grain.IterDataset:
+                   *, row_shuffle_seed: int | None, row_length: int | None = None,
+                   shuffle_window: int | None = None, num_bins: int = PACKING_BINS,
+                   read_options: grain.ReadOptions = READ_OPTIONS) -> grain.IterDataset:
     """Document stream -> tokenized -> packed rows -> (window-shuffled) batches of rows.
-    Rows hold `row_length` tokens; None = the objective's (`objectives.row_length(config)`)."""
-    token_streams = documents.map(TokenizeDocument(tokenizer)).to_iter_dataset(READ_OPTIONS)
+    Rows hold `row_length` tokens; None = the objective's (`objectives.row_length(config)`).
+    Rows are shuffled in windows of `shuffle_window` rows (None = data.shuffle_buffer)."""
+    token_streams = documents.map(TokenizeDocument(tokenizer)).to_iter_dataset(read_options)
     row_length = row_length or objectives.row_length(config)
     rows = pack_documents(token_streams, seq_len=row_length, pad_id=tokenizer.pad_id,
-                          num_bins=PACKING_BINS)
-    if row_shuffle_seed is not None and config.data.shuffle_buffer > 1:
+                          num_bins=num_bins)
+    window = config.data.shuffle_buffer if shuffle_window is None else shuffle_window
+    if row_shuffle_seed is not None and window > 1:
         rows = grain.experimental.WindowShuffleIterDataset(
-            rows, window_size=config.data.shuffle_buffer, seed=row_shuffle_seed)
+            rows, window_size=window, seed=row_shuffle_seed)
     return rows.batch(batch_size, drop_remainder=True)
 
 
 def train_dataset(config, tokenizer, *, process_index: int | None = None,
                   process_count: int | None = None, row_length: int | None = None,
                   rows=None) -> grain.IterDataset:
-    """This process's rows (`rows`, default `block_rows`) of the global training batches."""
+    """This process's rows (`rows`, default `block_rows`) of the global training batches: the
+    batches of the row streams it owns (fmjax/data/streams.py), each stream packing every S-th
+    document on its own, read ahead by one background thread (or data.num_workers processes)."""
     index, count, _ = process_shard(config, process_index, process_count)
     rows = _rows_for(config, index, count, rows)
-    documents = shard_documents(get_source(config, "train"), 0, 1, "train")
+    size, num_streams = config.train.global_batch_size, streams.num_streams(config)
+    owned = streams.owned_streams(rows, num_streams, size)
+    documents = train_documents(config)
+    window = max(1, config.data.shuffle_buffer // num_streams)
+    stream_batches = [
+        packed_batches(documents[j::num_streams], config, tokenizer, size // num_streams,
+                       row_shuffle_seed=(derive_seed(config.seed, f"rows/{j}")
+                                         if config.data.shuffle else None),
+                       row_length=row_length, shuffle_window=window,
+                       num_bins=STREAM_PACKING_BINS, read_options=STREAM_READ_OPTIONS)
+        for j in owned]
+    batches = streams.RowStreams(stream_batches, owned, rows)
+    if config.data.num_workers <= 0:
+        return grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=2)
+    return with_workers(batches, config)
+
+
+def train_documents(config) -> grain.MapDataset:
+    """The endless training documents, element i a pure function of (seed, i): the source's
+    documents shuffled per epoch, or a mixture's components, each shuffled per epoch with its
+    own seed, interleaved in proportion to their weights."""
+    if not config.data.mixture:
+        source = get_source(config, "train")
+        if len(source) < streams.num_streams(config):
+            raise ConfigError(
+                f"the train split of config.data.source = {config.data.source!r} has "
+                f"{len(source)} documents, fewer than its {streams.num_streams(config)} row "
+                "streams (config.data.streams; 0 = one per batch row), which would read the same "
+                "documents; set --config.data.streams=1 or a smaller divisor of the batch")
+        return epochs(source, config, "documents")
+    opened = mixture.open_components(config, "train", get_source)
+    return grain.MapDataset.mix(
+        [epochs(source, config, f"documents/{component.name}") for component, source in opened],
+        [component.weight for component, _ in opened])
+
+
+def epochs(source, config, shuffle_purpose: str) -> grain.MapDataset:
+    """`source` repeated forever; epoch e shuffled (if data.shuffle) with a seed derived from
+    (seed, shuffle_purpose) and folded with e."""
+    documents = shard_documents(source, 0, 1, "train")
     if config.data.shuffle:
-        documents = documents.shuffle(seed=derive_seed(config.seed, "documents"))
-    documents = documents.repeat()  # Epoch e is shuffled with a seed folded with e.
-    row_seed = derive_seed(config.seed, "rows") if config.data.shuffle else None
-    size = config.train.global_batch_size
-    batches = packed_batches(documents, config, tokenizer, size, row_shuffle_seed=row_seed,
-                             row_length=row_length)
-    return with_workers(batches.map(SelectRows(rows, size)), config)
+        documents = documents.shuffle(seed=derive_seed(config.seed, shuffle_purpose))
+    return documents.repeat()
+
+
+def eval_documents(config) -> grain.MapDataset:
+    """The validation documents in order, cycled; a mixture's components' validation splits
+    (each cycled) interleaved with the training weights."""
+    if not config.data.mixture:
+        return shard_documents(get_source(config, "validation"), 0, 1, "validation").repeat()
+    opened = mixture.open_components(config, "validation", get_source)
+    return grain.MapDataset.mix(
+        [shard_documents(source, 0, 1, "validation").repeat() for _, source in opened],
+        [component.weight for component, _ in opened])
 
 
 def with_workers(batches: grain.IterDataset, config) -> grain.IterDataset:
@@ -184,8 +247,7 @@ def make_eval_batches(config, tokenizer, *, process_index: int | None = None,
     objective's row length)."""
     index, count, _ = process_shard(config, process_index, process_count)
     select = SelectRows(_rows_for(config, index, count, rows), config.train.global_batch_size)
-    documents = shard_documents(get_source(config, "validation"), 0, 1, "validation")
-    batches = iter(packed_batches(documents.repeat(), config, tokenizer,
+    batches = iter(packed_batches(eval_documents(config), config, tokenizer,
                                   config.train.global_batch_size, row_shuffle_seed=None,
                                   row_length=row_length))
     return [select.map(next(batches)) for _ in range(config.train.eval_batches)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 from typing import Iterable, Iterator
@@ -23,8 +24,9 @@ import numpy as np
 import sentencepiece as spm
 
 from fmjax.config import ConfigError
+from fmjax.data import mixture
 from fmjax.data.sources import get_source
-from fmjax.data.text_source import tfds_data_dir
+from fmjax.data.text_source import local_cache_dir
 
 # Bump when the training recipe changes, so cached tokenizers are retrained.
 RECIPE_VERSION = 1
@@ -33,6 +35,9 @@ RECIPE_VERSION = 1
 CHUNK_CHARS = 2048
 SPACE_MARK = "\u2581"  # '▁', SentencePiece's in-piece spelling of a space.
 SPECIAL_IDS = ("pad_id", "bos_id", "eos_id", "unk_id")
+# Sources with more documents than this (c4/en: 365M) are sampled from their stored order, which
+# TFDS writes hashed, i.e. shuffled: a permutation of all indices would take GBs of memory.
+LARGE_SOURCE = 1 << 22
 MODEL_TYPES = ("bpe", "unigram")
 
 
@@ -180,9 +185,21 @@ def limit_chars(texts: Iterable[str], max_chars: int) -> Iterator[str]:
 
 
 def sample_texts(source, max_chars: int) -> Iterator[str]:
-    """Whole documents of `source` in a fixed pseudo-random order until `max_chars` is reached."""
-    order = np.random.default_rng(0).permutation(len(source))
+    """Whole documents of `source` in a fixed pseudo-random order until `max_chars` is reached
+    (above LARGE_SOURCE documents: in stored order, which TFDS shuffled when writing)."""
+    n = len(source)
+    order = range(n) if n > LARGE_SOURCE else np.random.default_rng(0).permutation(n)
     return limit_chars((source[int(i)]["text"] for i in order), max_chars)
+
+
+def training_sources(config) -> list[tuple[float, object]]:
+    """(share of the tokenizer's training text, train source): the source, or each component of
+    a mixture with its weight's share."""
+    if not config.data.mixture:
+        return [(1.0, get_source(config, "train"))]
+    opened = mixture.open_components(config, "train", get_source)
+    shares = mixture.shares([component for component, _ in opened])
+    return [(shares[component.name], source) for component, source in opened]
 
 
 def pieces_for(config) -> int:
@@ -203,13 +220,14 @@ def tokenizer_cache_path(config, source_identity: str) -> str:
     key = json.dumps([RECIPE_VERSION, source_identity, pieces, t.model_type,
                       t.train_chars, [t[name] for name in SPECIAL_IDS]])
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    return os.path.join(tfds_data_dir(config), "fmjax_tokenizers", f"spm-{t.model_type}-"
+    return os.path.join(local_cache_dir(config), "fmjax_tokenizers", f"spm-{t.model_type}-"
                         f"{pieces}-{digest}.model")
 
 
 def ensure_tokenizer(config) -> Tokenizer:
     """`config.tokenizer.path` if set; else one with model.vocab_size - tokenizer.extra_ids
-    pieces trained on the source's train split, cached."""
+    pieces trained on the source's train split (a mixture: each component's, in proportion to
+    its weight), cached."""
     t = config.tokenizer
     if t.path:
         path = os.path.expanduser(t.path)
@@ -219,11 +237,16 @@ def ensure_tokenizer(config) -> Tokenizer:
                 ".model file (python -m fmjax.tokenizer train makes one), or set "
                 "--config.tokenizer.path='' to train one on the corpus")
         return Tokenizer(path)
-    source = get_source(config, "train")
-    path = tokenizer_cache_path(config, source.identity)
+    parts = training_sources(config)
+    if config.data.mixture:
+        identity = " + ".join(f"{share:.6f} {source.identity}" for share, source in parts)
+    else:
+        identity = parts[0][1].identity
+    path = tokenizer_cache_path(config, identity)
     if not os.path.isfile(path):
-        train_sentencepiece(sample_texts(source, t.train_chars),
-                            vocab_size=pieces_for(config), output_path=path,
+        texts = itertools.chain.from_iterable(
+            sample_texts(source, int(share * t.train_chars)) for share, source in parts)
+        train_sentencepiece(texts, vocab_size=pieces_for(config), output_path=path,
                             model_type=t.model_type, pad_id=t.pad_id, bos_id=t.bos_id,
                             eos_id=t.eos_id, unk_id=t.unk_id)
     return Tokenizer(path)

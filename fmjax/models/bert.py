@@ -50,7 +50,7 @@ class Bert(nn.Module):
     cfg: object
 
     supports_hidden_output = False  # the MLM head is more than the embedding table
-    pooled_input_names = ("tokens_BT", "segment_ids_BT", "positions_BT")
+    pooled_input_names = ("tokens_BT", "segment_ids_BT", "positions_BT", "token_types_BT")
 
     @nn.compact
     def __call__(self, tokens_BT, segment_ids_BT=None, positions_BT=None, token_types_BT=None, *,

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 
 from fmjax import layers, models
 
-# The backbone's keyword names for (tokens, segment ids, positions) of the text to classify;
-# a family module whose inputs are named otherwise (T5: the encoder's) sets
-# `pooled_input_names`.
+# The backbone's keyword names for (tokens, segment ids, positions[, token types]) of the text
+# to classify; a family module whose inputs are named otherwise (T5: the encoder's) or that
+# reads token types (BERT: segment A / B of a sentence pair) sets `pooled_input_names`.
 DEFAULT_INPUT_NAMES = ("tokens_BT", "segment_ids_BT", "positions_BT")
 
 
@@ -29,12 +29,13 @@ class SequenceClassifier(nn.Module):
     head_init_std: float = 0.02
 
     @nn.compact
-    def __call__(self, tokens_BT, segment_ids_BT=None, positions_BT=None, *, deterministic=True):
+    def __call__(self, tokens_BT, segment_ids_BT=None, positions_BT=None, token_types_BT=None, *,
+                 deterministic=True):
         cfg = getattr(self.backbone, "cfg", None)
         dtype = jnp.dtype(self.dtype or cfg.dtype)
         param_dtype = jnp.dtype(self.param_dtype or cfg.param_dtype)
         names = getattr(self.backbone, "pooled_input_names", DEFAULT_INPUT_NAMES)
-        inputs = dict(zip(names, (tokens_BT, segment_ids_BT, positions_BT)))
+        inputs = dict(zip(names, (tokens_BT, segment_ids_BT, positions_BT, token_types_BT)))
         x_BD = self.backbone(**inputs, deterministic=deterministic, return_pooled=True)
         x_BD = layers.constrain(x_BD, "batch", "embed")
         logits_BC = layers.Dense((self.num_classes,), ("embed",), ("classes",), use_bias=True,

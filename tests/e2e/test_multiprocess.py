@@ -117,9 +117,14 @@ def test_two_processes_killed_resumed_on_two_then_one_equal_one_process(
     got = per_step(workdir)
     assert sorted(got) == list(range(1, STEPS + 1))
     steps = sorted(ref_metrics)
-    for i, name in enumerate(("loss", "grad_norm", "learning_rate")):
+    # The loss to 1e-5 (the bar). The gradient norm of a step can move more: a 2-process
+    # run reduces in another order, and some gradient entries are sums that nearly cancel (seen:
+    # 6.6e-5 relative at one step of 20 for an uninterrupted 2-process run, which is itself
+    # bitwise repeatable); the learning rate is exact.
+    for i, (name, rtol) in enumerate((("loss", 1e-5), ("grad_norm", 1e-3),
+                                      ("learning_rate", 0))):
         np.testing.assert_allclose([got[s][i] for s in steps], [ref_metrics[s][i] for s in steps],
-                                   rtol=1e-5, err_msg=name)
+                                   rtol=rtol, err_msg=name)
     assert ledger(workdir) == ref_ledger  # every global batch once, in order, across hosts
     assert len({h for _, h in ref_ledger}) == STEPS
     assert not [f for f in os.listdir(workdir) if f.startswith("ledger.p")]  # 0 writes alone
