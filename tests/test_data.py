@@ -117,9 +117,8 @@ def test_stdlib_text_is_the_file_on_disk(stdlib_build, data_dir):
             assert source[index]["text"] == f.read()
 
 
-def test_stdlib_corpus_builds_fast_and_is_reused(stdlib_build, data_dir):
-    builder, build_seconds = stdlib_build
-    assert build_seconds < 30
+def test_stdlib_corpus_is_built_once_and_reused(stdlib_build, data_dir):
+    builder, _ = stdlib_build  # (build time: python -m fmjax.bench territory, not a test's)
     data_path = str(builder.data_path)
 
     def mtimes():
@@ -127,9 +126,7 @@ def test_stdlib_corpus_builds_fast_and_is_reused(stdlib_build, data_dir):
                 for name in os.listdir(data_path)}
 
     before = mtimes()
-    start = time.perf_counter()
     again = stdlib_corpus.stdlib_builder(make_config(data_dir))
-    assert time.perf_counter() - start < 2
     assert str(again.data_path) == data_path
     assert mtimes() == before and any(name.endswith("-00001") for name in before)
 
