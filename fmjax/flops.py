@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Dense bf16 peak FLOP/s per device, from vendor spec sheets.
+# Dense bf16 peak FLOP/s per chip, from vendor spec sheets.
 PEAK_FLOPS = {
     "TPU v4": 275e12,
     "TPU v5 lite": 197e12,  # v5e
@@ -58,12 +58,27 @@ def encoder_decoder_flops_per_row(cfg, *, mlp_matrices: int, encoder_len: int,
     return dense + attention
 
 
-def device_peak(device) -> float | None:
+# JAX devices per chip where a chip shows up as several (TPU7x: its two chiplets).
+DEVICES_PER_CHIP = {"TPU7x": 2}
+
+
+def _lookup(table: dict, device):
     kind = getattr(device, "device_kind", "")
-    for name, peak in sorted(PEAK_FLOPS.items(), key=lambda kv: -len(kv[0])):
+    for name, value in sorted(table.items(), key=lambda kv: -len(kv[0])):
         if kind.startswith(name) or name in kind:
-            return peak
+            return value
     return None
+
+
+def chip_peak(device) -> float | None:
+    """Dense bf16 FLOP/s of the chip `device` is (part of); None for an unknown kind."""
+    return _lookup(PEAK_FLOPS, device)
+
+
+def device_peak(device) -> float | None:
+    """Dense bf16 FLOP/s of one JAX device: its chip's peak over the devices per chip."""
+    peak = chip_peak(device)
+    return peak / (_lookup(DEVICES_PER_CHIP, device) or 1) if peak else None
 
 
 class CpuMatmulPeak:

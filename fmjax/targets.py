@@ -119,7 +119,7 @@ def resolve_target(topology: str, num_slices: int = 1) -> Target:
                              f"{tpu_slices.SLICE_EXAMPLES}, or topologies such as "
                              f"{tpu_slices.TOPOLOGY_EXAMPLES}") from e
     memory, source = tpu_hbm_bytes(devices[0])
-    per_chip = flops.device_peak(devices[0])
+    per_chip = flops.chip_peak(devices[0])
     chips = tpu.chips * num_slices
     slices = f" x {num_slices} slices" if num_slices > 1 else ""
     return Target(

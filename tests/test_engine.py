@@ -47,3 +47,15 @@ def test_encoder_decoder_flops_count_each_stack_over_its_own_tokens():
     # the per-stack count is below 6 N per raw token: decoder weights see only t tokens
     assert engine.flops_per_token() < flops.flops_per_token(
         engine.model_config, engine.num_params(), 0)
+
+
+def test_device_peak_splits_a_chip_shown_as_two_devices():
+    """MFU divides by the peak of the devices a process drives: a TPU7x chip is two JAX
+    devices, so 8 devices are 4 chips' worth, not 8."""
+    from types import SimpleNamespace
+
+    from fmjax import flops
+    tpu7x, v5p = SimpleNamespace(device_kind="TPU7x"), SimpleNamespace(device_kind="TPU v5")
+    assert flops.device_peak(tpu7x) == flops.chip_peak(tpu7x) / 2 == 2307e12 / 2
+    assert flops.device_peak(v5p) == flops.chip_peak(v5p)
+    assert flops.device_peak(SimpleNamespace(device_kind="mystery")) is None
