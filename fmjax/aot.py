@@ -42,8 +42,7 @@ def make_mesh(config, target: Target):
     """The mesh training would build on the target (jax.make_mesh over its devices). With
     several slices, the slices stack along mesh.data (or mesh.fsdp when data is 1): only that
     axis crosses the slower network between slices."""
-    sizes = config_lib.validate(config, num_devices=len(target.devices),
-                                num_processes=target.processes)
+    sizes = mesh_lib.mesh_shape(config, len(target.devices), target.processes)
     shape = tuple(sizes[a] for a in mesh_lib.MESH_AXES)
     axis_types = (AxisType.Auto,) * len(shape)
     n = target.num_slices

@@ -34,11 +34,12 @@ LOGICAL_RULES = (
 )
 
 
-def mesh_shape(config, num_devices: int) -> dict[str, int]:
-    """Axis sizes with -1 resolved; validation (with the fix in the message) is in config.py."""
+def mesh_shape(config, num_devices: int, num_processes: int | None = None) -> dict[str, int]:
+    """Axis sizes with -1 resolved, for `num_processes` (None = this run's); validation (with
+    the fix in the message) is in config.py."""
     from fmjax import config as config_lib
     return config_lib.validate(config, num_devices=num_devices,
-                               num_processes=jax.process_count())
+                               num_processes=num_processes or jax.process_count())
 
 
 def make_mesh(config, devices=None) -> Mesh:

@@ -13,14 +13,14 @@ import orbax.checkpoint as ocp
 import pytest
 
 from fmjax import distributed, loop
-from fmjax.config import ConfigError, base_config, to_json
+from fmjax.config import ConfigError, to_json
 from fmjax.data import mixture, pipeline, sources
 from fmjax.data import tokenizer as tokenizer_lib
 from fmjax.data.text_source import TextSource
 from tests.helpers import assert_batches_equal, take
-from tests.tfds_mock import mock_catalog, tiny_tokenizer, write_metadata
+from tests.tfds_mock import (SEQ_LEN, mock_catalog, mock_config, tiny_tokenizer,
+                              write_metadata)
 
-SEQ_LEN = 32
 SPEC = "c4/en:0.8,wiki40b/en:0.15,pg19:0.05"
 TEXT_FEATURE = {"c4/en": "text", "wiki40b/en": "text", "pg19": "book_text"}
 TAG = {"c4/en": "king", "wiki40b/en": "queen", "pg19": "play"}  # first word of their texts
@@ -57,16 +57,7 @@ def tokenizer(tmp_path_factory):
 
 
 def make_config(spec=SPEC, **data):
-    config = base_config()
-    config.data.mixture = spec
-    config.data.tfds_data_dir = "/nonexistent/tfds"  # the mock reads the metadata dir
-    config.data.shuffle_buffer = 8
-    config.model.seq_len = SEQ_LEN
-    config.train.global_batch_size = 4
-    config.train.eval_batches = 3
-    for key, value in data.items():
-        config.data[key] = value
-    return config
+    return mock_config(eval_batches=3, mixture=spec, **data)
 
 
 def tag_of(text):

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from fmjax.config import ConfigError, base_config, sibling_config
+from fmjax.config import ConfigError, sibling_config
 from fmjax.data import classification, pipeline, sources, tfds_text
 from fmjax.data.text_source import local_cache_dir, tfds_data_dir
 from fmjax.data import tokenizer as tokenizer_lib
 from tests.helpers import assert_batches_equal, take
-from tests.tfds_mock import mock_catalog, tiny_tokenizer, write_metadata
+from tests.tfds_mock import (SEQ_LEN, mock_catalog, mock_config, tiny_tokenizer,
+                              write_metadata)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SEQ_LEN = 32
 NAMED = ("c4/en", "lm1b", "wiki40b/en", "pg19", "tiny_shakespeare")
 
 
@@ -31,16 +31,7 @@ def tokenizer(tmp_path_factory):
 
 
 def make_config(source, **data):
-    config = base_config()
-    config.data.source = source
-    config.data.tfds_data_dir = "/nonexistent/tfds"  # the mock reads the metadata dir
-    config.data.shuffle_buffer = 8
-    config.model.seq_len = SEQ_LEN
-    config.train.global_batch_size = 4
-    config.train.eval_batches = 2
-    for key, value in data.items():
-        config.data[key] = value
-    return config
+    return mock_config(eval_batches=2, source=source, **data)
 
 
 def texts_of(source):

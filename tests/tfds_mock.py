@@ -81,3 +81,21 @@ def tiny_tokenizer(path, vocab_size: int = 384) -> tokenizer_lib.Tokenizer:
                  for i in range(400)]
     return tokenizer_lib.Tokenizer(tokenizer_lib.train_sentencepiece(
         sentences, vocab_size=vocab_size, output_path=str(path)))
+
+
+SEQ_LEN = 32  # row length of the tiny pipeline configs below
+
+
+def mock_config(*, eval_batches: int, **data):
+    """A tiny pipeline config reading through the mock (4 rows of SEQ_LEN tokens per batch);
+    `data` sets config.data fields (source or mixture among them)."""
+    from fmjax.config import base_config
+    config = base_config()
+    config.data.tfds_data_dir = "/nonexistent/tfds"  # the mock reads the metadata dir
+    config.data.shuffle_buffer = 8
+    config.model.seq_len = SEQ_LEN
+    config.train.global_batch_size = 4
+    config.train.eval_batches = eval_batches
+    for key, value in data.items():
+        config.data[key] = value
+    return config

@@ -167,19 +167,18 @@ def train_documents(config) -> grain.MapDataset:
     """The endless training documents, element i a pure function of (seed, i): the source's
     documents shuffled per epoch, or a mixture's components, each shuffled per epoch with its
     own seed, interleaved in proportion to their weights."""
-    if not config.data.mixture:
-        source = get_source(config, "train")
-        if len(source) < streams.num_streams(config):
+    num_streams = streams.num_streams(config)
+
+    def shuffled_epochs(source, purpose: str) -> grain.MapDataset:
+        if not config.data.mixture and len(source) < num_streams:
             raise ConfigError(
                 f"the train split of config.data.source = {config.data.source!r} has "
-                f"{len(source)} documents, fewer than its {streams.num_streams(config)} row "
-                "streams (config.data.streams; 0 = one per batch row), which would read the same "
+                f"{len(source)} documents, fewer than its {num_streams} row streams "
+                "(config.data.streams; 0 = one per batch row), which would read the same "
                 "documents; set --config.data.streams=1 or a smaller divisor of the batch")
-        return epochs(source, config, "documents")
-    opened = mixture.open_components(config, "train", get_source)
-    return grain.MapDataset.mix(
-        [epochs(source, config, f"documents/{component.name}") for component, source in opened],
-        [component.weight for component, _ in opened])
+        return epochs(source, config, purpose)
+
+    return each_source(config, "train", shuffled_epochs)
 
 
 def epochs(source, config, shuffle_purpose: str) -> grain.MapDataset:
@@ -194,11 +193,19 @@ def epochs(source, config, shuffle_purpose: str) -> grain.MapDataset:
 def eval_documents(config) -> grain.MapDataset:
     """The validation documents in order, cycled; a mixture's components' validation splits
     (each cycled) interleaved with the training weights."""
+    return each_source(config, "validation",
+                       lambda source, _: shard_documents(source, 0, 1, "validation").repeat())
+
+
+def each_source(config, split: str, documents_of) -> grain.MapDataset:
+    """`documents_of(source, purpose)` of config.data.source's `split` (purpose 'documents'),
+    or of each mixture component's (purpose 'documents/NAME'), mixed by grain in proportion to
+    the weights."""
     if not config.data.mixture:
-        return shard_documents(get_source(config, "validation"), 0, 1, "validation").repeat()
-    opened = mixture.open_components(config, "validation", get_source)
+        return documents_of(get_source(config, split), "documents")
+    opened = mixture.open_components(config, split, get_source)
     return grain.MapDataset.mix(
-        [shard_documents(source, 0, 1, "validation").repeat() for _, source in opened],
+        [documents_of(source, f"documents/{component.name}") for component, source in opened],
         [component.weight for component, _ in opened])
 
 
