@@ -91,15 +91,20 @@ def test_bf16_compute_keeps_fp32_params():
     assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
 
 
-@pytest.mark.parametrize("family,kv", [("gpt2", 0), ("llama", 2)])
-def test_fmjax_attention_matches_jax_nn_attention_with_gradients(family, kv):
+@pytest.mark.parametrize("family,kv,seq", [("gpt2", 0, 32), ("llama", 2, 32), ("gpt2", 0, 128),
+                                            ("llama", 2, 128)])
+def test_fmjax_attention_matches_jax_nn_attention_with_gradients(family, kv, seq):
     """fmjax's attention core (hand-written backward, used on CPU) against
-    jax.nn.dot_product_attention: same loss and same gradients on packed rows."""
-    from fmjax import objectives
-    batch = {k: jnp.asarray(v) for k, v in packed_batch().items()}
+    jax.nn.dot_product_attention: same loss and same gradients on packed rows. At length 128
+    fmjax takes its causal block-skipping path (attention.causal_attention, 2 blocks)."""
+    from fmjax import attention, objectives
+    assert attention.causal_blocks(seq) == (2 if seq == 128 else 1)
+    batch = {k: jnp.asarray(v) for k, v in packed_batch(seq=seq, split=20 if seq == 32 else 90)
+             .items()}
     results = []
     for impl in ("fmjax", "xla"):
-        config = tiny_config(family, init_std=0.2, attention_impl=impl, n_kv_heads=kv)
+        config = tiny_config(family, init_std=0.2, attention_impl=impl, n_kv_heads=kv,
+                             seq_len=seq)
         model, params = _init(config)
         example = objectives.get(config).transform(batch, None)
 

@@ -152,8 +152,8 @@ def _ce_chunk(x_BCD, table_VD, targets_BC, weights_BC, num_classes: int):
     unnorm_BCV = jnp.exp(logits_BCV - max_BC1)
     sum_BC1 = jnp.sum(unnorm_BCV, axis=-1, keepdims=True)
     lse_BC = (max_BC1 + jnp.log(sum_BC1))[..., 0]
+    target_logit_BC = jnp.take_along_axis(logits_BCV, targets_BC[..., None], axis=-1)[..., 0]
     onehot_BCV = jnp.arange(table_VD.shape[0]) == targets_BC[..., None]
-    target_logit_BC = jnp.sum(jnp.where(onehot_BCV, logits_BCV, 0.0), axis=-1)
     ce_sum = jnp.sum((lse_BC - target_logit_BC) * weights_BC)
     probs_BCV = unnorm_BCV * (1.0 / sum_BC1)
     dlogits_BCV = (probs_BCV - onehot_BCV) * weights_BC[..., None]
