@@ -67,15 +67,40 @@ def no_extra_args(argv):
         raise SystemExit(f"error: unexpected arguments {argv[1:]}")
 
 
+def skip_absent_tpu() -> bool:
+    """Keeps JAX off the TPU backend when libtpu is installed but this host has no TPU chip
+    and no GPU plugin: the test extra installs libtpu (for pre-flight's compile-only TPU
+    targets, which do not need the backend), and libtpu's probe for a chip prints several
+    lines of errors at every start otherwise. True if it set jax_platforms to cpu. A TPU VM,
+    a GPU plugin or the user's JAX_PLATFORMS are left alone."""
+    import os
+    import pkgutil
+    if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
+        return False
+    if importlib.util.find_spec("jax_plugins") is not None:  # jax[cuda] / jax[rocm] plugins
+        import jax_plugins
+        if any(True for _ in pkgutil.iter_modules(jax_plugins.__path__)):
+            return False
+    import jax
+    try:
+        from jax._src import hardware_utils
+        chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+    except Exception:  # noqa: BLE001  (private API moved: leave JAX's own probing alone)
+        return False
+    if chips or jax.config.jax_platforms:
+        return False
+    jax.config.update("jax_platforms", "cpu")
+    return True
+
+
 def run(main):
     import logging
     from absl import app
     from absl import logging as absl_logging
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no libtpu" noise
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's per-save INFO lines; --verbosity=0 restores
+    skip_absent_tpu()
     app.run(main, flags_parser=parse_flags)
-
-
 
 
 def run_stage(stage, workdir: str):

@@ -59,6 +59,17 @@ def test_info_cli_prints_the_count():
     assert "8,030,261,248" in out
 
 
+def test_cli_start_prints_no_tpu_probe_errors_on_a_host_without_tpu():
+    """The test extra installs libtpu (pre-flight); without a TPU chip JAX would still probe
+    for one and libtpu prints several lines of errors at every CLI start
+    (cli.skip_absent_tpu keeps JAX on CPU there)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+    r = subprocess.run([sys.executable, "-m", "fmjax.info", "--config=configs/bench_small.py"],
+                       cwd=ROOT, capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "TPU" not in r.stderr and "tpu" not in r.stderr, r.stderr
+
+
 def test_padded_vocab_is_an_option_that_leaves_the_default_count_alone():
     config = load("gpt2_small")
     config.model.vocab_multiple = 128  # 50,257 -> 50,304 rows, for speed
