@@ -21,7 +21,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import AxisType
 
 from fmjax import config as config_lib, engine as engine_lib, mesh as mesh_lib
 from fmjax.targets import PreflightError, Target, parse_hbm_overflow, resolve_target
@@ -39,28 +38,15 @@ def for_target(config, target: Target):
 
 
 def make_mesh(config, target: Target):
-    """The mesh training would build on the target (jax.make_mesh over its devices). With
-    several slices, the slices stack along mesh.data (or mesh.fsdp when data is 1): only that
-    axis crosses the slower network between slices."""
+    """The mesh fmjax.train would build on the target (mesh.make_mesh over its devices,
+    hybrid across slices)."""
     sizes = mesh_lib.mesh_shape(config, len(target.devices), target.processes)
-    shape = tuple(sizes[a] for a in mesh_lib.MESH_AXES)
-    axis_types = (AxisType.Auto,) * len(shape)
-    n = target.num_slices
-    if n == 1:
-        try:
-            return jax.make_mesh(shape, mesh_lib.MESH_AXES, axis_types=axis_types,
-                                 devices=target.devices)
-        except (NotImplementedError, ValueError) as e:
-            raise _mesh_error(sizes, target, e) from e
-    from jax.experimental import mesh_utils
-    axis = next((i for i, a in enumerate(("data", "fsdp")) if sizes[a] % n == 0), None)
-    if axis is None:
-        raise PreflightError(f"config.mesh = {sizes}: with --num_slices={n} mesh.data or "
-                             f"mesh.fsdp must be a multiple of {n}; e.g. --config.mesh.data={n}")
-    dcn = tuple(n if i == axis else 1 for i in range(len(shape)))
-    ici = tuple(s // d for s, d in zip(shape, dcn))
-    devices = mesh_utils.create_hybrid_device_mesh(ici, dcn, target.devices)
-    return jax.sharding.Mesh(devices, mesh_lib.MESH_AXES, axis_types=axis_types)
+    try:
+        return mesh_lib.make_mesh(config, target.devices, target.processes)
+    except config_lib.ConfigError as e:
+        raise PreflightError(str(e)) from e
+    except (NotImplementedError, ValueError) as e:
+        raise _mesh_error(sizes, target, e) from e
 
 
 def _mesh_error(sizes: dict, target: Target, error: Exception) -> PreflightError:

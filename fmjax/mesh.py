@@ -42,14 +42,36 @@ def mesh_shape(config, num_devices: int, num_processes: int | None = None) -> di
                                num_processes=num_processes or jax.process_count())
 
 
-def make_mesh(config, devices=None) -> Mesh:
+def make_mesh(config, devices=None, num_processes: int | None = None) -> Mesh:
+    """The (data, fsdp, tensor) mesh over `devices` (default: all), laid on the chip grid by
+    jax.make_mesh. Devices of several TPU slices (multislice; each device's `slice_index`) get
+    a hybrid mesh: the slices stack along mesh.data (or mesh.fsdp when data is 1), so only
+    that axis crosses the data-center network between slices, the others stay on each slice's
+    own links."""
     devices = list(devices if devices is not None else jax.devices())
-    sizes = mesh_shape(config, len(devices))
+    sizes = mesh_shape(config, len(devices), num_processes)
     shape = tuple(sizes[a] for a in MESH_AXES)
-    if devices == list(jax.devices()):
-        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
-                axis_types=(AxisType.Auto,) * 3)
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices > 1:
+        return Mesh(_multislice_grid(sizes, devices, slices), MESH_AXES, axis_types=axis_types)
+    if devices == list(jax.devices()) or devices[0].platform != "cpu":
+        return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
+
+
+def _multislice_grid(sizes: dict[str, int], devices, slices: int) -> np.ndarray:
+    from jax.experimental import mesh_utils
+    from fmjax.config import ConfigError
+    axis = next((a for a in ("data", "fsdp") if sizes[a] % slices == 0), None)
+    if axis is None:
+        raise ConfigError(f"config.mesh = {sizes}: the devices span {slices} TPU slices, and "
+                          f"mesh.data or mesh.fsdp must be a multiple of {slices} (the axis "
+                          f"that crosses the network between slices); e.g. "
+                          f"--config.mesh.data={slices} --config.mesh.fsdp=-1")
+    dcn = tuple(slices if a == axis else 1 for a in MESH_AXES)
+    ici = tuple(sizes[a] // d for a, d in zip(MESH_AXES, dcn))
+    return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
 
 
 @contextlib.contextmanager

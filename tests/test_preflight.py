@@ -269,6 +269,25 @@ def test_launcher_interface_default_compile_multislice_and_save(tmp_path):
     assert aot.read_compiled(path)["devices"] == 8
 
 
+def test_train_mesh_on_two_slices_crosses_them_only_along_data():
+    """fmjax.train's mesh (mesh.make_mesh) on multislice devices (libtpu's compile-only
+    2 x v5p-8): the slices stack along mesh.data; fsdp and tensor stay inside a slice."""
+    from fmjax import mesh as mesh_lib
+    target = targets.resolve_target("v5p-8", num_slices=2)
+    mesh = mesh_lib.make_mesh(tiny_config(**{"mesh.data": 2, "mesh.fsdp": -1}), target.devices,
+                              target.processes)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
+    slice_of = np.vectorize(lambda d: d.slice_index)(mesh.devices)
+    np.testing.assert_array_equal(slice_of[:, :, 0], [[0] * 4, [1] * 4])
+    # with data 1, fsdp spans the slices instead; neither a multiple of 2: refused with the fix
+    mesh = mesh_lib.make_mesh(tiny_config(**{"mesh.data": 1, "mesh.fsdp": -1}), target.devices,
+                              target.processes)
+    assert sorted(set(np.vectorize(lambda d: d.slice_index)(mesh.devices)[0, :4, 0])) == [0]
+    with pytest.raises(config_lib.ConfigError, match=r"span 2 TPU slices.*--config.mesh.data=2"):
+        mesh_lib.make_mesh(tiny_config(**{"mesh.data": 1, "mesh.fsdp": 1, "mesh.tensor": -1,
+                                          "model.n_heads": 8}), target.devices, target.processes)
+
+
 def test_refused_topology_exits_2_with_the_accepted_form():
     proc, summary = run_cli("--config=configs/default.py", "--topology=v5p_32")
     assert proc.returncode == 2 and summary["fits"] is None
