@@ -17,6 +17,8 @@ from fmjax import cli, cpu_runtime
 
 FLAGS = flags.FLAGS
 cli.define_config_flag()
+flags.DEFINE_integer("profile_steps", 0, "after the timed steps, profile this many more and print "
+                     "where their wall time goes (XLA:CPU; fmjax/profile_report.py)")
 
 
 def mesh_devices(config):
@@ -26,7 +28,7 @@ def mesh_devices(config):
     return jax.devices()[:int(np.prod(sizes))]
 
 
-def run_bench(config) -> dict:
+def run_bench(config, profile_steps: int = 0) -> dict:
     from fmjax import config as config_lib, engine as engine_lib, flops, mesh as mesh_lib
     devices = mesh_devices(config)
     config_lib.validate(config, num_devices=len(devices))
@@ -58,6 +60,13 @@ def run_bench(config) -> dict:
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
+    profile = None
+    if profile_steps > 0:
+        if devices[0].platform != "cpu":
+            raise SystemExit(f"error: --profile_steps reads XLA:CPU's trace; on "
+                             f"{devices[0].platform} use jax.profiler with TensorBoard")
+        from fmjax import profile_report
+        state, profile = profile_report.profile_step(compiled, state, batch, profile_steps)
 
     n = engine.num_params()
     fpt = engine.flops_per_token()
@@ -76,13 +85,14 @@ def run_bench(config) -> dict:
             "achieved_gflops": fpt * tps / 1e9, "peak_gflops": peak / 1e9, "peak": peak_desc,
             "mfu": fpt * tps / peak, "mfu_convention": "6N + 12LdT FLOPs per token",
             "cpu_peak_samples_gflops": [p / 1e9 for p in cpu_probe.samples] if cpu_probe else [],
-            "peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_host_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **({"profile": profile} if profile else {})}
 
 
 def main(argv):
     cli.no_extra_args(argv)
     cpu_runtime.configure()
-    r = run_bench(cli.load_config())
+    r = run_bench(cli.load_config(), FLAGS.profile_steps)
     c = r["config"]
     print("settings: " + ", ".join(f"{k}={v}" for k, v in c.items()))
     print(f"params {r['params']:,}; compile {r['compile_s']:.1f} s; step median "
@@ -91,6 +101,9 @@ def main(argv):
     print(f"tokens/s {r['tokens_per_sec']:,.0f}; model {r['achieved_gflops']:.1f} GFLOP/s; "
           f"peak {r['peak']}; MFU {100 * r['mfu']:.1f}% ({r['mfu_convention']}); "
           f"peak host memory {r['peak_host_memory_mb']:,.0f} MB")
+    if "profile" in r:
+        from fmjax import profile_report
+        print(profile_report.format_report(r["profile"]))
     print(json.dumps(r))
 
 
