@@ -370,6 +370,9 @@ class Attention(nn.Module):
 
         if self.dropout > 0 and not deterministic:
             out_BTHK = self._attend_with_dropout(q_BTHK, k_BSGK, v_BSGK, mask_B1TS, bias_BHTS)
+        elif self.implementation == "splash" and not decode:  # decoding: XLA below
+            out_BTHK = self._splash(q_BTHK, k_BSGK, v_BSGK, segment_ids_BT,
+                                    cross or kv_prefix_BS is not None or bias_BHTS is not None)
         elif self._use_fmjax_core():
             groups = self.n_heads // self.n_kv_heads
             k_BSHK = jnp.repeat(k_BSGK.astype(q_BTHK.dtype), groups, axis=2)
@@ -385,12 +388,26 @@ class Attention(nn.Module):
             out_BTHK = jax.nn.dot_product_attention(
                 q_BTHK, k_BSGK.astype(q_BTHK.dtype), v_BSGK.astype(q_BTHK.dtype),
                 bias=bias_BHTS, mask=mask_B1TS, scale=self.scale,
-                implementation=None if self.implementation in ("xla", "auto") else "cudnn")
+                implementation="cudnn" if self.implementation == "cudnn" else None)
         out_BTHK = constrain(out_BTHK, "batch", "length", "heads", "head_dim")
         out = Dense((x_BTD.shape[-1],), ("heads", "head_dim"), ("embed",), use_bias=self.use_bias,
                     init_std=self.out_init_std, dtype=self.dtype, param_dtype=self.param_dtype,
                     name="out")(out_BTHK)
         return checkpoint_name(out, "attention_out")
+
+    def _splash(self, q_BTHK, k_BSGK, v_BSGK, segment_ids_BT, unsupported: bool):
+        from fmjax import splash_attention
+        from fmjax.config import ConfigError
+        if unsupported:
+            raise ConfigError("config.model.attention_impl = 'splash': the splash kernel takes "
+                              "self-attention masked by segments (and causally) only, not "
+                              "cross-attention, prefix-LM masks or T5's position biases; set "
+                              "--config.model.attention_impl=xla")
+        groups = self.n_heads // self.n_kv_heads
+        return splash_attention.attention(
+            q_BTHK, jnp.repeat(k_BSGK.astype(q_BTHK.dtype), groups, axis=2),
+            jnp.repeat(v_BSGK.astype(q_BTHK.dtype), groups, axis=2), segment_ids_BT,
+            causal=self.causal, scale=self.scale)
 
     def _use_fmjax_core(self) -> bool:
         """`auto` takes fmjax's own attention (hand-written backward, batch chunks) on CPU, where
