@@ -374,9 +374,7 @@ class Attention(nn.Module):
             out_BTHK = self._splash(q_BTHK, k_BSGK, v_BSGK, segment_ids_BT,
                                     cross or kv_prefix_BS is not None or bias_BHTS is not None)
         elif self._use_fmjax_core():
-            groups = self.n_heads // self.n_kv_heads
-            k_BSHK = jnp.repeat(k_BSGK.astype(q_BTHK.dtype), groups, axis=2)
-            v_BSHK = jnp.repeat(v_BSGK.astype(q_BTHK.dtype), groups, axis=2)
+            k_BSHK, v_BSHK = self._kv_per_query_head(k_BSGK, v_BSGK, q_BTHK.dtype)
             blocks = causal_blocks(q_BTHK.shape[1])
             if (self.causal and not cross and not decode and kv_prefix_BS is None
                     and bias_BHTS is None and blocks > 1):
@@ -403,11 +401,15 @@ class Attention(nn.Module):
                               "self-attention masked by segments (and causally) only, not "
                               "cross-attention, prefix-LM masks or T5's position biases; set "
                               "--config.model.attention_impl=xla")
+        k_BSHK, v_BSHK = self._kv_per_query_head(k_BSGK, v_BSGK, q_BTHK.dtype)
+        return splash_attention.attention(q_BTHK, k_BSHK, v_BSHK, segment_ids_BT,
+                                          causal=self.causal, scale=self.scale)
+
+    def _kv_per_query_head(self, k_BSGK, v_BSGK, dtype):
+        """Grouped-query keys and values repeated to one per query head, in `dtype`."""
         groups = self.n_heads // self.n_kv_heads
-        return splash_attention.attention(
-            q_BTHK, jnp.repeat(k_BSGK.astype(q_BTHK.dtype), groups, axis=2),
-            jnp.repeat(v_BSGK.astype(q_BTHK.dtype), groups, axis=2), segment_ids_BT,
-            causal=self.causal, scale=self.scale)
+        return (jnp.repeat(k_BSGK.astype(dtype), groups, axis=2),
+                jnp.repeat(v_BSGK.astype(dtype), groups, axis=2))
 
     def _use_fmjax_core(self) -> bool:
         """`auto` takes fmjax's own attention (hand-written backward, batch chunks) on CPU, where
@@ -417,9 +419,7 @@ class Attention(nn.Module):
         return self.implementation == "fmjax"
 
     def _attend_with_dropout(self, q_BTHK, k_BSGK, v_BSGK, mask_B1TS, bias_BHTS=None):
-        groups = self.n_heads // self.n_kv_heads
-        k_BSHK = jnp.repeat(k_BSGK, groups, axis=2)
-        v_BSHK = jnp.repeat(v_BSGK, groups, axis=2)
+        k_BSHK, v_BSHK = self._kv_per_query_head(k_BSGK, v_BSGK, k_BSGK.dtype)
         logits_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK)
         if self.scale is None:
             logits_BHTS = logits_BHTS / jnp.sqrt(self.head_dim)
