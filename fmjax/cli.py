@@ -15,6 +15,10 @@ FLAGS = flags.FLAGS
 
 
 def define_config_flag(default: str | None = None):
+    """The `--config` file flag; defined once per process, so that importing several CLI
+    modules (a test session does) is not an absl DuplicateFlagError."""
+    if "config" in FLAGS:
+        return
     config_flags.DEFINE_config_file("config", default, "Config file (configs/NAME.py).",
                                     lock_config=True)
 
