@@ -57,16 +57,15 @@ def _loss_and_grads(impl, mesh, kv=0):
         return loss_and_grads(params)
 
 
-@pytest.mark.parametrize("kv", [0, 2])
-def test_splash_model_on_a_sharded_mesh_equals_xla_attention(kv):
+def test_splash_model_on_a_sharded_mesh_equals_xla_attention():
     """Under a (data 2, fsdp 2, tensor 2) mesh the kernel runs per device through shard_map;
-    loss and gradients equal jax.nn attention on one device (gpt2, and llama with 2 kv heads)."""
+    loss and gradients equal jax.nn attention on one device (llama, 4 heads over 2 kv heads)."""
     one = mesh_lib.make_mesh(tiny_config(), jax.devices()[:1])
     config8 = tiny_config()
     config8.mesh.data, config8.mesh.fsdp, config8.mesh.tensor = 2, 2, 2
     eight = mesh_lib.make_mesh(config8, jax.devices()[:8])
-    loss_a, grads_a = _loss_and_grads("xla", one, kv)
-    loss_b, grads_b = _loss_and_grads("splash", eight, kv)
+    loss_a, grads_a = _loss_and_grads("xla", one, kv=2)
+    loss_b, grads_b = _loss_and_grads("splash", eight, kv=2)
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
