@@ -112,7 +112,7 @@ def run_stage(stage, workdir: str):
     runtime settings, `stage(config, workdir)`, its report (process 0 prints it); a startup
     failure or a NaN/inf loss exits 1 with the loop's message (step, last good checkpoint)."""
     import jax
-    from fmjax import cpu_runtime
+    from fmjax import cpu_runtime, flops
     from fmjax.loop import NonFiniteLoss
     try:  # before anything touches devices
         distributed.initialize()
@@ -120,6 +120,7 @@ def run_stage(stage, workdir: str):
         raise SystemExit(f"error: {e}")
     if jax.default_backend() == "cpu":
         cpu_runtime.configure()  # keep XLA:CPU's per-step temporaries mapped (see the module)
+        flops.host_probe()  # the MFU peak, before any data pipeline thread shares the cores
     try:
         report = stage(load_config(), workdir)
     except (NonFiniteLoss, distributed.DistributedError) as e:

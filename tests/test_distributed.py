@@ -127,3 +127,25 @@ def test_a_process_whose_peer_never_joins_fails_after_the_timeout(tmp_path):
     assert ("error: jax.distributed startup failed (explicit coordinator 127.0.0.1:0): "
             "coordinator 127.0.0.1:0, timeout 3 s") in result.stderr
     assert "process 1 of 2 could not complete startup" in result.stderr
+
+
+def test_stage_starts_after_the_cpu_peak_is_measured(monkeypatch, capsys):
+    """The MFU peak is sampled before the stage builds its data pipeline (whose threads would
+    share the cores and halve it), and the loop's total_peak reuses that measurement."""
+    from fmjax import cli, flops
+    monkeypatch.setattr(flops, "_HOST_PROBE", None)
+    monkeypatch.setattr(distributed, "initialize", lambda: None)
+    monkeypatch.setattr(cli, "load_config", lambda: None)
+    seen = {}
+
+    class Report:
+        def text(self):
+            return "report"
+
+    def stage(config, workdir):
+        seen["probe"] = flops._HOST_PROBE
+        return Report()
+    cli.run_stage(stage, "unused")
+    assert seen["probe"] is not None and len(seen["probe"].samples) == 7
+    assert flops.total_peak()[0] == seen["probe"].best  # no second measurement
+    assert capsys.readouterr().out.strip() == "report"
