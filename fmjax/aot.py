@@ -40,12 +40,12 @@ def for_target(config, target: Target):
 def make_mesh(config, target: Target):
     """The mesh fmjax.train would build on the target (mesh.make_mesh over its devices,
     hybrid across slices)."""
-    sizes = mesh_lib.mesh_shape(config, len(target.devices), target.processes)
     try:
         return mesh_lib.make_mesh(config, target.devices, target.processes)
     except config_lib.ConfigError as e:
         raise PreflightError(str(e)) from e
     except (NotImplementedError, ValueError) as e:
+        sizes = mesh_lib.mesh_shape(config, len(target.devices), target.processes)
         raise _mesh_error(sizes, target, e) from e
 
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from fmjax import cli, cpu_runtime
+from fmjax import cli, cpu_runtime, profile_report
 
 FLAGS = flags.FLAGS
 cli.define_config_flag()
@@ -65,7 +65,6 @@ def run_bench(config, profile_steps: int = 0) -> dict:
         if devices[0].platform != "cpu":
             raise SystemExit(f"error: --profile_steps reads XLA:CPU's trace; on "
                              f"{devices[0].platform} use jax.profiler with TensorBoard")
-        from fmjax import profile_report
         state, profile = profile_report.profile_step(compiled, state, batch, profile_steps)
 
     n = engine.num_params()
@@ -102,7 +101,6 @@ def main(argv):
           f"peak {r['peak']}; MFU {100 * r['mfu']:.1f}% ({r['mfu_convention']}); "
           f"peak host memory {r['peak_host_memory_mb']:,.0f} MB")
     if "profile" in r:
-        from fmjax import profile_report
         print(profile_report.format_report(r["profile"]))
     print(json.dumps(r))
 

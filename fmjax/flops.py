@@ -131,17 +131,12 @@ def host_probe(reps: int = 7) -> CpuMatmulPeak:
     return _HOST_PROBE
 
 
-def measure_cpu_peak() -> float:
-    """fp32 matmul FLOP/s of this host: the best round of this process's host_probe."""
-    return host_probe().best
-
-
 def total_peak(devices=None, cpu_probe: CpuMatmulPeak | None = None) -> tuple[float, str]:
     """(peak FLOP/s of the devices this process drives, description of where it came from).
     On CPU the peak is measured (or taken from `cpu_probe`, already sampled by the caller)."""
     devices = devices if devices is not None else jax.local_devices()
     if devices[0].platform == "cpu":
-        peak = cpu_probe.best if cpu_probe is not None and cpu_probe.best else measure_cpu_peak()
+        peak = (cpu_probe if cpu_probe is not None and cpu_probe.best else host_probe()).best
         return peak, (f"measured fp32 matmul {peak / 1e9:.1f} GFLOP/s (host, best n^3 product, "
                       "n in 1024/1536/2048)")
     peak = device_peak(devices[0])
