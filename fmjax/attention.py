@@ -290,7 +290,7 @@ class Attention(nn.Module):
     dropout: float = 0.0
     init_std: float = 0.02
     out_init_std: float = 0.02
-    implementation: str = "auto"  # auto | fmjax | xla | cudnn
+    implementation: str = "auto"  # auto | fused_cpu | fmjax | xla | cudnn | splash
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     causal: bool = True  # self-attention masks later keys (False: bidirectional encoder)
@@ -373,6 +373,12 @@ class Attention(nn.Module):
         elif self.implementation == "splash" and not decode:  # decoding: XLA below
             out_BTHK = self._splash(q_BTHK, k_BSGK, v_BSGK, segment_ids_BT,
                                     cross or kv_prefix_BS is not None or bias_BHTS is not None)
+        elif self._use_fused_cpu(q_BTHK, k_BSGK, bias_BHTS, decode):
+            from fmjax import cpu_attention
+            k_BSHK, v_BSHK = self._kv_per_query_head(k_BSGK, v_BSGK, q_BTHK.dtype)
+            out_BTHK = cpu_attention.attention(
+                q_BTHK, k_BSHK, v_BSHK, mask_B1TS, scale=self.scale,
+                causal=self.causal and not cross and not decode and kv_prefix_BS is None)
         elif self._use_fmjax_core():
             k_BSHK, v_BSHK = self._kv_per_query_head(k_BSGK, v_BSGK, q_BTHK.dtype)
             blocks = causal_blocks(q_BTHK.shape[1])
@@ -411,12 +417,35 @@ class Attention(nn.Module):
         return (jnp.repeat(k_BSGK.astype(dtype), groups, axis=2),
                 jnp.repeat(v_BSGK.astype(dtype), groups, axis=2))
 
+    def _use_fused_cpu(self, q_BTHK, k_BSGK, bias_BHTS, decode: bool) -> bool:
+        """`fused_cpu`, and `auto` on CPU, take fmjax's fused CPU kernel (cpu_attention.py)
+        where it applies and builds. Otherwise `auto` falls back to fmjax's XLA core (a build
+        failure is logged once), and so does `fused_cpu` when decoding; any other reason is a
+        ConfigError for `fused_cpu`."""
+        if self.implementation not in ("auto", "fused_cpu") or (
+                self.implementation == "auto" and jax.default_backend() != "cpu"):
+            return False
+        from fmjax import cpu_attention
+        if decode:
+            return False
+        reason = cpu_attention.unsupported(q_BTHK, k_BSGK, bias_BHTS)
+        if reason is None:
+            reason = cpu_attention.unavailable()
+            if reason is not None and self.implementation == "auto":
+                cpu_attention.log_fallback(reason)
+        if reason is not None and self.implementation == "fused_cpu":
+            from fmjax.config import ConfigError
+            raise ConfigError(f"config.model.attention_impl = 'fused_cpu': {reason}; set "
+                              "--config.model.attention_impl=fmjax (fmjax's XLA attention)")
+        return reason is None
+
     def _use_fmjax_core(self) -> bool:
         """`auto` takes fmjax's own attention (hand-written backward, batch chunks) on CPU, where
-        it is measured faster, and jax.nn.dot_product_attention's XLA path elsewhere."""
+        it is measured faster, and jax.nn.dot_product_attention's XLA path elsewhere; so does
+        `fused_cpu` where its kernel does not apply."""
         if self.implementation == "auto":
             return jax.default_backend() == "cpu"
-        return self.implementation == "fmjax"
+        return self.implementation in ("fmjax", "fused_cpu")
 
     def _attend_with_dropout(self, q_BTHK, k_BSGK, v_BSGK, mask_B1TS, bias_BHTS=None):
         k_BSHK, v_BSHK = self._kv_per_query_head(k_BSGK, v_BSGK, k_BSGK.dtype)

@@ -17,11 +17,11 @@ back to XLA attention there), prefix-LM masks, additive biases (T5), cross-atten
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
+
+from fmjax import mesh as mesh_lib
 
 
 MAX_BLOCK = 512  # positions per kernel block (query and key); smaller rows use one block
@@ -75,19 +75,4 @@ def attention(q_BTHK, k_BTHK, v_BTHK, segment_ids_BT, *, causal: bool = True,
     scale = q_BTHK.shape[-1] ** -0.5 if scale is None else scale
     q_BTHK = q_BTHK * jnp.asarray(scale, q_BTHK.dtype)  # the kernel does not scale
     local = functools.partial(_local_attention, causal=causal)
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
-        return local(q_BTHK, k_BTHK, v_BTHK, segment_ids_BT)
-    # as the logical rules shard them; a dimension they do not divide stays whole (the batch
-    # of 1 that initialisation traces, heads fewer than the tensor axis)
-    rows = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
-    if q_BTHK.shape[0] % math.prod(mesh.shape[a] for a in rows):
-        rows = None
-    heads = "tensor" if "tensor" in mesh.axis_names else None
-    if heads and q_BTHK.shape[2] % mesh.shape[heads]:
-        heads = None
-    qkv_spec, seg_spec = P(rows, None, heads, None), P(rows, None)
-    return jax.shard_map(local, mesh=mesh, in_specs=(qkv_spec,) * 3 + (seg_spec,),
-                         out_specs=qkv_spec, check_vma=False)(q_BTHK, k_BTHK, v_BTHK,
-                                                              segment_ids_BT)
-
+    return mesh_lib.shard_attention(local, q_BTHK, k_BTHK, v_BTHK, segment_ids_BT)

@@ -1,0 +1,328 @@
+// fmjax's fused attention for XLA:CPU (float32), called through the XLA FFI.
+//
+// out = softmax(scale q k^T, masked) v for q [B, T, H, K], k and v [B, S, H, K] and a bool
+// mask [B, 1, T, S]; the backward pass recomputes the probabilities from the saved
+// log-sum-exp (FlashAttention's identity rowsum(dP * P) = rowsum(dO * O)). Why a kernel:
+// XLA:CPU runs attention's many small batched matmuls on one core, while this one spreads
+// (batch, head) pairs over XLA's own intra-op thread pool and skips everything above the
+// diagonal of causal masks (the caller promises the mask hides it) one tile of rows at a
+// time. fmjax/cpu_attention.py builds this file with the host's C++ compiler and binds it;
+// tests/test_cpu_attention.py checks it against fmjax's XLA attention.
+//
+// The matmuls are register-tiled panels over GCC/Clang vector extensions (no intrinsics):
+// a tile of MR rows x NV vectors of C stays in registers while A's entries are broadcast and
+// B's rows are loaded as vectors. Rows of B and C must be whole vectors: K and S are
+// multiples of W (the Python side checks). Queries that see no key get zeros.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int W = 16;  // floats per vector
+constexpr int MR = 6;  // rows per register tile: MR * NV accumulators of 32 registers
+#elif defined(__AVX__)
+constexpr int W = 8;
+constexpr int MR = 3;  // 16 registers
+#elif defined(__aarch64__)
+constexpr int W = 4;
+constexpr int MR = 6;  // 32 registers
+#else
+constexpr int W = 4;
+constexpr int MR = 3;
+#endif
+constexpr int NV = 4;    // vectors per tile row
+constexpr int QB = 64;   // query rows per block: the block's scores stay in cache
+
+typedef float vf __attribute__((vector_size(W * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(W * sizeof(int32_t))));
+typedef uint8_t vb __attribute__((vector_size(W)));
+
+inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
+inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
+inline vf splat(float x) { return vf{} + x; }
+inline vi visible(const bool* m) {  // lanes -1 where the mask is set, else 0
+  vb b;
+  std::memcpy(&b, m, sizeof b);
+  return __builtin_convertvector(b, vi) != 0;
+}
+
+// exp(x) to ~1 ulp, clamped to [-87, 88]: 2^n * e^r, |r| <= ln2 / 2, degree-6 Taylor polynomial.
+inline vf vexp(vf x) {
+  x = x < -87.0f ? splat(-87.0f) : x;
+  x = x > 88.0f ? splat(88.0f) : x;  // masked scores: finite, then zeroed
+  const vf shift = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  vf t = x * 1.44269504f + shift;
+  vf n = t - shift;
+  vi bits;
+  std::memcpy(&bits, &t, sizeof bits);
+  bits = (bits - 0x4B400000 + 127) << 23;  // 2^n
+  vf r = x - n * 0.693145752f - n * 1.42860677e-6f;
+  vf p = splat(1.0f / 720);
+  p = p * r + 1.0f / 120;
+  p = p * r + 1.0f / 24;
+  p = p * r + 1.0f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  vf scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// C[r, n0:n0+NVT*W] (+)= alpha * sum_{p0 <= p < p1} a_rows[r][p * ap] * B[p * ldb + n0:...]
+template <int NVT>
+inline void tile(const float* const* a_rows, long ap, int p0, int p1, const float* B, long ldb,
+                 float* const* c_rows, int rows, int n0, float alpha, bool accumulate) {
+  vf c[MR][NVT];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NVT; ++v) c[r][v] = vf{};
+  for (int p = p0; p < p1; ++p) {
+    const float* b = B + p * ldb + n0;
+    vf bv[NVT];
+    for (int v = 0; v < NVT; ++v) bv[v] = load(b + v * W);
+    for (int r = 0; r < MR; ++r) {
+      const float a = a_rows[r][p * ap];
+      for (int v = 0; v < NVT; ++v) c[r][v] += a * bv[v];
+    }
+  }
+  for (int r = 0; r < rows; ++r)
+    for (int v = 0; v < NVT; ++v) {
+      float* out = c_rows[r] + n0 + v * W;
+      vf x = c[r][v] * alpha;
+      store(out, accumulate ? x + load(out) : x);
+    }
+}
+
+// C[r, n] (+)= alpha * sum_{p0 <= p < p1} A[r * as + p * ap] * B[p * ldb + n] for r < rows
+// (at most MR) and n < N (a multiple of W).
+void panel(int rows, int N, int p0, int p1, const float* A, long as, long ap, const float* B,
+           long ldb, float* C, long ldc, float alpha, bool accumulate) {
+  const float* a_rows[MR];
+  float* c_rows[MR];
+  for (int r = 0; r < MR; ++r) {  // rows past the end repeat the last one, never stored
+    a_rows[r] = A + std::min(r, rows - 1) * as;
+    c_rows[r] = C + std::min(r, rows - 1) * ldc;
+  }
+  int n = 0;
+  for (; n + NV * W <= N; n += NV * W)
+    tile<NV>(a_rows, ap, p0, p1, B, ldb, c_rows, rows, n, alpha, accumulate);
+  switch ((N - n) / W) {
+    case 3: tile<3>(a_rows, ap, p0, p1, B, ldb, c_rows, rows, n, alpha, accumulate); break;
+    case 2: tile<2>(a_rows, ap, p0, p1, B, ldb, c_rows, rows, n, alpha, accumulate); break;
+    case 1: tile<1>(a_rows, ap, p0, p1, B, ldb, c_rows, rows, n, alpha, accumulate); break;
+  }
+}
+
+inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+struct Dims {
+  int64_t B, T, S, H, K;
+  long row() const { return H * K; }  // stride between positions in q, k, v, out
+  bool causal;
+  float scale;
+};
+
+// Keys [0, cols(r0)) that rows [r0, r0 + MR) of the block at i0 can see (all of them unless
+// causal), rounded up to whole vectors.
+inline int visible_cols(const Dims& d, int i0, int r0, int rows) {
+  return d.causal ? std::min<int>(d.S, round_up(i0 + r0 + rows, W)) : d.S;
+}
+
+// Copies x's head [S, K] (row stride d.row()) to xT [K, S], in W x W blocks (both sides
+// then touch W cache lines at a time).
+void transpose_head(const Dims& d, const float* x, float* xT) {
+  for (int s0 = 0; s0 < d.S; s0 += W)
+    for (int k0 = 0; k0 < d.K; k0 += W)
+      for (int k = k0; k < k0 + W; ++k)
+        for (int s = s0; s < s0 + W; ++s) xT[k * d.S + s] = x[s * d.row() + k];
+}
+
+// Runs fn(task) for task in [0, n) over the intra-op pool's threads and this one.
+template <typename Fn>
+void parallel_for(ffi::ThreadPool& pool, int n, Fn fn) {
+  std::atomic<int> next{0};
+  auto work = [&] {
+    for (int t; (t = next.fetch_add(1)) < n;) fn(t);
+  };
+  const int helpers = std::max<int>(0, std::min<int64_t>(pool.num_threads(), n) - 1);
+  std::atomic<int> running{helpers};
+  for (int i = 0; i < helpers; ++i)
+    pool.Schedule([&] { work(); running.fetch_sub(1, std::memory_order_release); });
+  work();
+  while (running.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+}
+
+ffi::Error check(const Dims& d) {
+  if (d.K % W || d.S % W)
+    return ffi::Error::InvalidArgument("fmjax cpu attention: head dim and key length must be "
+                                       "multiples of the vector width");
+  return ffi::Error::Success();
+}
+
+// One (batch, head) of the forward pass: out and the rows' log-sum-exp.
+void forward_head(const Dims& d, const float* q_, const float* k_, const float* v_,
+                  const bool* m_, float* o_, float* lse_, int b, int h) {
+  const long head = b * d.T * d.row() + h * d.K, kv_head = b * d.S * d.row() + h * d.K;
+  std::vector<float> kT(d.K * d.S), p(QB * d.S);
+  transpose_head(d, k_ + kv_head, kT.data());
+  for (int i0 = 0; i0 < d.T; i0 += QB) {
+    const int rows = std::min<int>(QB, d.T - i0);
+    for (int r0 = 0; r0 < rows; r0 += MR) {
+      const int n = std::min(MR, rows - r0), cols = visible_cols(d, i0, r0, n);
+      panel(n, cols, 0, d.K, q_ + head + (i0 + r0) * d.row(), d.row(), 1, kT.data(), d.S,
+            p.data() + r0 * d.S, d.S, d.scale, false);
+      for (int r = r0; r < r0 + n; ++r) {  // scores -> probabilities, in place
+        float* row = p.data() + r * d.S;
+        const bool* m = m_ + (b * d.T + i0 + r) * d.S;
+        vf mx = splat(-3e38f);
+        for (int j = 0; j < cols; j += W) {
+          const vf s = load(row + j);
+          mx = visible(m + j) & (s > mx) ? s : mx;
+        }
+        float row_max = -3e38f;
+        for (int l = 0; l < W; ++l) row_max = std::max(row_max, mx[l]);
+        vf sum = vf{};
+        for (int j = 0; j < cols; j += W) {
+          const vf e = visible(m + j) ? vexp(load(row + j) - row_max) : vf{};
+          store(row + j, e);
+          sum += e;
+        }
+        float total = 0;
+        for (int l = 0; l < W; ++l) total += sum[l];
+        const float inv = total > 0 ? 1.0f / total : 0.0f;
+        for (int j = 0; j < cols; j += W) store(row + j, load(row + j) * inv);
+        lse_[(b * d.H + h) * d.T + i0 + r] = total > 0 ? row_max + std::log(total) : 3e38f;
+      }
+      panel(n, d.K, 0, cols, p.data() + r0 * d.S, d.S, 1, v_ + kv_head, d.row(),
+            o_ + head + (i0 + r0) * d.row(), d.row(), 1.0f, false);
+    }
+  }
+}
+
+ffi::Error forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                   ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::PRED> mask, float scale,
+                   bool causal, ffi::ResultBuffer<ffi::F32> out,
+                   ffi::ResultBuffer<ffi::F32> lse) {
+  const auto qd = q.dimensions();
+  const Dims d{qd[0], qd[1], k.dimensions()[1], qd[2], qd[3], causal, scale};
+  if (auto e = check(d); e.failure()) return e;
+  parallel_for(pool, d.B * d.H, [&](int task) {
+    forward_head(d, q.typed_data(), k.typed_data(), v.typed_data(), mask.typed_data(),
+                 out->typed_data(), lse->typed_data(), task / d.H, task % d.H);
+  });
+  return ffi::Error::Success();
+}
+
+// One (batch, head) of the backward pass: dq, and dk, dv summed over the query blocks.
+void backward_head(const Dims& d, const float* q_, const float* k_, const float* v_,
+                   const bool* m_, const float* o_, const float* lse_, const float* do_,
+                   float* dq_, float* dk_, float* dv_, int b, int h) {
+  const long head = b * d.T * d.row() + h * d.K, kv_head = b * d.S * d.row() + h * d.K;
+  std::vector<float> kT(d.K * d.S), vT(d.K * d.S), p(QB * d.S), ds(QB * d.S);
+  std::vector<float> dk_acc(d.S * d.K, 0.0f), dv_acc(d.S * d.K, 0.0f), delta(QB);
+  transpose_head(d, k_ + kv_head, kT.data());
+  transpose_head(d, v_ + kv_head, vT.data());
+  for (int i0 = 0; i0 < d.T; i0 += QB) {
+    const int rows = std::min<int>(QB, d.T - i0);
+    const int block_cols = visible_cols(d, i0, 0, rows);
+    for (int r = 0; r < rows; ++r) {  // delta = rowsum(dO * O)
+      const float *o = o_ + head + (i0 + r) * d.row(), *g = do_ + head + (i0 + r) * d.row();
+      vf acc = vf{};
+      for (int c = 0; c < d.K; c += W) acc += load(o + c) * load(g + c);
+      float s = 0;
+      for (int l = 0; l < W; ++l) s += acc[l];
+      delta[r] = s;
+    }
+    for (int r0 = 0; r0 < rows; r0 += MR) {
+      const int n = std::min(MR, rows - r0), cols = visible_cols(d, i0, r0, n);
+      const long at = (i0 + r0) * d.row();
+      panel(n, cols, 0, d.K, q_ + head + at, d.row(), 1, kT.data(), d.S,
+            p.data() + r0 * d.S, d.S, d.scale, false);
+      panel(n, cols, 0, d.K, do_ + head + at, d.row(), 1, vT.data(), d.S,
+            ds.data() + r0 * d.S, d.S, 1.0f, false);
+      for (int r = r0; r < r0 + n; ++r) {  // p = probabilities, ds = dlogits / scale
+        float *pr = p.data() + r * d.S, *dr = ds.data() + r * d.S;
+        const bool* m = m_ + (b * d.T + i0 + r) * d.S;
+        const float l = lse_[(b * d.H + h) * d.T + i0 + r];
+        for (int j = 0; j < cols; j += W) {
+          const vf e = visible(m + j) ? vexp(load(pr + j) - l) : vf{};
+          store(pr + j, e);
+          store(dr + j, e * (load(dr + j) - delta[r]));
+        }
+        std::fill(pr + cols, pr + block_cols, 0.0f);  // read by the key-side products
+        std::fill(dr + cols, dr + block_cols, 0.0f);
+      }
+      panel(n, d.K, 0, cols, ds.data() + r0 * d.S, d.S, 1, k_ + kv_head, d.row(),
+            dq_ + head + at, d.row(), d.scale, false);
+    }
+    for (int j0 = 0; j0 < block_cols; j0 += MR) {  // keys: dk += ds^T q, dv += p^T dO
+      const int n = std::min(MR, block_cols - j0);
+      const int first = d.causal ? std::clamp(j0 - i0, 0, rows) : 0;  // rows seeing key j0
+      panel(n, d.K, first, rows, ds.data() + j0, 1, d.S, q_ + head + i0 * d.row(), d.row(),
+            dk_acc.data() + j0 * d.K, d.K, d.scale, true);
+      panel(n, d.K, first, rows, p.data() + j0, 1, d.S, do_ + head + i0 * d.row(), d.row(),
+            dv_acc.data() + j0 * d.K, d.K, 1.0f, true);
+    }
+  }
+  for (int s = 0; s < d.S; ++s) {
+    std::memcpy(dk_ + kv_head + s * d.row(), dk_acc.data() + s * d.K, d.K * sizeof(float));
+    std::memcpy(dv_ + kv_head + s * d.row(), dv_acc.data() + s * d.K, d.K * sizeof(float));
+  }
+}
+
+ffi::Error backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::PRED> mask,
+                    ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> lse,
+                    ffi::Buffer<ffi::F32> dout, float scale, bool causal,
+                    ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
+                    ffi::ResultBuffer<ffi::F32> dv) {
+  const auto qd = q.dimensions();
+  const Dims d{qd[0], qd[1], k.dimensions()[1], qd[2], qd[3], causal, scale};
+  if (auto e = check(d); e.failure()) return e;
+  parallel_for(pool, d.B * d.H, [&](int task) {
+    backward_head(d, q.typed_data(), k.typed_data(), v.typed_data(), mask.typed_data(),
+                  out.typed_data(), lse.typed_data(), dout.typed_data(), dq->typed_data(),
+                  dk->typed_data(), dv->typed_data(), task / d.H, task % d.H);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FmjaxAttentionForward, forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Attr<float>("scale")
+                                  .Attr<bool>("causal")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FmjaxAttentionBackward, backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale")
+                                  .Attr<bool>("causal")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

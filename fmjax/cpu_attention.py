@@ -1,0 +1,158 @@
+"""fmjax's fused attention kernel for XLA:CPU (fmjax/cpu_attention.cc), float32.
+
+XLA:CPU runs attention's many small batched matmuls ([T, K] x [K, S] per batch row and head)
+on one core, and computes causal attention's hidden half too. The kernel spreads the (batch,
+head) pairs over XLA's intra-op threads, keeps each head's scores in cache, and skips what a
+causal mask hides tile by tile. The backward pass recomputes the probabilities from the saved
+log-sum-exp instead of storing them. `model.attention_impl = "auto"` takes it on CPU when it
+builds (else fmjax's XLA attention core, with the reason logged once); "fused_cpu" asks for
+it and fails with the reason otherwise.
+
+The C++ source is compiled on first use with the host's C++ compiler (`$CXX`, else c++, g++
+or clang++; -O3 -march=native) against the XLA FFI headers that jaxlib ships, into
+`$FMJAX_CACHE_DIR` (default ~/.cache/fmjax), named by a hash of everything that affects the
+binary (source, compiler, flags, jaxlib, the CPU's features), so the build runs once per host
+and version and concurrent processes do not clash. Under a mesh the kernel runs per device
+(mesh.shard_attention). tests/test_cpu_attention.py checks values and gradients against
+attention.attention_core.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmjax import mesh as mesh_lib
+
+SOURCE = pathlib.Path(__file__).with_name("cpu_attention.cc")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+MULTIPLE = 16  # head dim and key length must be multiples of the kernel's widest vector
+_TARGETS = {"fmjax_cpu_attention_fwd": "FmjaxAttentionForward",
+            "fmjax_cpu_attention_bwd": "FmjaxAttentionBackward"}
+
+
+def cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("FMJAX_CACHE_DIR") or "~/.cache/fmjax").expanduser()
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_features() -> str:
+    """What -march=native depends on: the CPU's flags (Linux), else its name."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build(compiler: str) -> pathlib.Path:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, version, " ".join(FLAGS),
+                                    jax.__version__, jax.ffi.include_dir(), _cpu_features()])
+                         .encode()).hexdigest()[:16]
+    library = cache_dir() / f"cpu_attention-{key}.so"
+    if library.exists():
+        return library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+        built = pathlib.Path(tmp) / library.name
+        result = subprocess.run([compiler, *FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE),
+                                 "-o", str(built)], capture_output=True, text=True)
+        if result.returncode:
+            raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
+        os.replace(built, library)  # atomic: a concurrent build of the same key is identical
+    return library
+
+
+@functools.cache
+def unavailable() -> str | None:
+    """None once the kernel is built and registered with XLA:CPU, else why it cannot be."""
+    compiler = _compiler()
+    if compiler is None:
+        return "no C++ compiler found (set $CXX, or install g++ or clang++)"
+    try:
+        library = ctypes.cdll.LoadLibrary(str(_build(compiler)))
+        for target, symbol in _TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+                                        platform="cpu")
+    except (OSError, RuntimeError, AttributeError) as e:
+        return f"building {SOURCE.name} failed: {e}"
+    return None
+
+
+def unsupported(q_BTHK, k_BSHK, bias=None) -> str | None:
+    """None if the kernel takes these operands, else why not."""
+    if bias is not None:
+        return "additive logits biases (T5) are not supported"
+    if q_BTHK.dtype != jnp.float32:
+        return f"dtype {q_BTHK.dtype} (the kernel computes in float32)"
+    if q_BTHK.shape[-1] % MULTIPLE or k_BSHK.shape[1] % MULTIPLE:
+        return (f"head dim {q_BTHK.shape[-1]} and key length {k_BSHK.shape[1]} must be "
+                f"multiples of {MULTIPLE}")
+    return None
+
+
+@functools.cache
+def log_fallback(reason: str) -> None:
+    logging.warning("fmjax: attention uses the XLA core, not the fused CPU kernel: %s", reason)
+
+
+def _shapes(*arrays):
+    return tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in arrays)
+
+
+def _forward(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, scale, causal):
+    b, t, h, _ = q_BTHK.shape
+    out_BTHK, lse_BHT = jax.ffi.ffi_call(
+        "fmjax_cpu_attention_fwd", _shapes(q_BTHK, jax.ShapeDtypeStruct((b, h, t), jnp.float32)))(
+        q_BTHK, k_BSHK, v_BSHK, mask_B1TS, scale=np.float32(scale), causal=causal)
+    return out_BTHK, (q_BTHK, k_BSHK, v_BSHK, mask_B1TS, out_BTHK, lse_BHT)
+
+
+def _backward(scale, causal, res, dout_BTHK):
+    q_BTHK, k_BSHK, v_BSHK = res[:3]
+    grads = jax.ffi.ffi_call("fmjax_cpu_attention_bwd", _shapes(q_BTHK, k_BSHK, v_BSHK))(
+        *res, dout_BTHK, scale=np.float32(scale), causal=causal)
+    return (*grads, None)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _local(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, scale, causal):
+    return _forward(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, scale, causal)[0]
+
+
+_local.defvjp(_forward, _backward)
+
+
+def attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, *, scale=None, causal=False):
+    """softmax(scale q k^T, masked) v: q [B, T, H, K], k and v [B, S, H, K] (as many kv heads
+    as query heads), mask [B, 1, T, S] bool. `causal`: the caller promises the mask hides
+    every key after the query's index (attention_mask's `same_row`), so that work is skipped.
+    Queries that see no key get zeros. Check `unsupported()` first."""
+    reason = unavailable()  # builds and registers the kernel on first use
+    if reason is not None:
+        raise RuntimeError(f"fmjax's CPU attention kernel is unavailable: {reason}")
+    scale = q_BTHK.shape[-1] ** -0.5 if scale is None else scale
+    b, t, _, _ = q_BTHK.shape
+    mask_B1TS = jnp.broadcast_to(mask_B1TS, (b, 1, t, k_BSHK.shape[1]))
+    local = lambda q, k, v, m: _local(q, k, v, m, float(scale), bool(causal))  # noqa: E731
+    return mesh_lib.shard_attention(local, q_BTHK, k_BSHK, v_BSHK, mask_B1TS)

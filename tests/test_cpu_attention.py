@@ -1,0 +1,181 @@
+"""fmjax's fused CPU attention kernel (fmjax/cpu_attention.py, .cc) against fmjax's XLA
+attention core: values and gradients for causal packed rows, bidirectional, prefix-LM and
+cross-attention masks, odd sizes, under a sharded mesh, inside the models; and how it is
+chosen, refused and built."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmjax import attention, cpu_attention, mesh as mesh_lib
+from fmjax.config import ConfigError
+from tests.helpers import packed_batch, tiny_config
+
+# a host without a C++ compiler cannot build the kernel (fmjax then uses its XLA attention);
+# with one, a kernel that fails to build fails these tests
+pytestmark = pytest.mark.skipif(cpu_attention._compiler() is None, reason="no C++ compiler")
+
+
+def _inputs(b=2, t=128, s=None, h=3, k=32, seed=0):
+    rng = np.random.default_rng(seed)
+    s = t if s is None else s
+    q, dout = (jnp.asarray(rng.standard_normal((b, t, h, k)), jnp.float32) for _ in range(2))
+    k_, v = (jnp.asarray(rng.standard_normal((b, s, h, k)), jnp.float32) for _ in range(2))
+    return q, k_, v, dout
+
+
+def _packed(b, t, split):
+    """Segment ids and positions: two documents per row, padding at the end of row 1."""
+    segments = np.ones((b, t), np.int32)
+    segments[:, split:] = 2
+    segments[1, t - 7:] = 0
+    positions = np.concatenate([np.arange(split), np.arange(t - split)])
+    positions = np.broadcast_to(positions, (b, t)).astype(np.int32)
+    return jnp.asarray(segments), jnp.asarray(positions)
+
+
+def _value_and_grads(fn, q, k, v, dout):
+    out, vjp = jax.vjp(fn, q, k, v)
+    return (out, *vjp(dout))
+
+
+def _assert_matches_core(q, k, v, dout, mask, real_BT11, causal, scale=None):
+    """The kernel's output on real queries and its gradients equal attention_core's. Padding
+    queries (no visible key) differ by design and no real token reads them: their output
+    gradient is zeroed, as the loss does."""
+    dout = dout * real_BT11
+    want = _value_and_grads(lambda q, k, v: attention.attention_core(q, k, v, mask, None, scale),
+                            q, k, v, dout)
+    got = _value_and_grads(jax.jit(lambda q, k, v: cpu_attention.attention(
+        q, k, v, mask, scale=scale, causal=causal)), q, k, v, dout)
+    np.testing.assert_allclose(got[0] * real_BT11, want[0] * real_BT11, rtol=1e-5, atol=2e-6)
+    for name, a, b in zip(("dq", "dk", "dv"), got[1:], want[1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=5e-6, err_msg=name)
+    return got
+
+
+@pytest.mark.parametrize("t,k,split", [(128, 32, 50), (48, 16, 20), (256, 64, 200),
+                                       (64, 128, 30)])
+def test_causal_packed_rows_match_the_core_with_gradients(t, k, split):
+    """Lengths that are and are not multiples of the kernel's 64-query blocks and tile rows;
+    head dims of 1, 2, 4 and 8 vectors."""
+    q, k_, v, dout = _inputs(t=t, k=k)
+    segments, positions = _packed(2, t, split)
+    mask = attention.attention_mask(segments, segments, positions, positions, same_row=True)
+    real = (segments > 0)[:, :, None, None]
+    got = _assert_matches_core(q, k_, v, dout, mask, real, causal=True)
+    assert not np.asarray(got[0][1, t - 7:]).any()  # queries that see no key: zeros
+
+
+def test_bidirectional_prefix_lm_and_cross_attention_masks():
+    """Masks that are not lower-triangular take the kernel's full (causal=False) path."""
+    q, k, v, dout = _inputs(t=80, k=16)
+    segments, positions = _packed(2, 80, 30)
+    real = (segments > 0)[:, :, None, None]
+    encoder = attention.attention_mask(segments, segments, causal=False)
+    _assert_matches_core(q, k, v, dout, encoder, real, causal=False, scale=1.0)
+    prefix = (positions < 5).astype(jnp.int32)
+    prefix_lm = attention.attention_mask(segments, segments, positions, positions,
+                                         kv_prefix_BS=prefix, same_row=True)
+    _assert_matches_core(q, k, v, dout, prefix_lm, real, causal=False)
+    q_short, k_long, v_long, dout_short = _inputs(t=24, s=112, k=16, seed=1)
+    kv_segments = jnp.asarray(np.repeat([[1, 2]], 56, axis=1).repeat(2, axis=0))
+    cross = attention.attention_mask(jnp.ones((2, 24), jnp.int32), kv_segments, causal=False)
+    _assert_matches_core(q_short, k_long, v_long, dout_short, cross,
+                         jnp.ones((2, 24, 1, 1), bool), causal=False)
+
+
+def test_sharded_over_an_eight_device_mesh_equals_one_device():
+    """Under a (data 2, fsdp 2, tensor 2) mesh the kernel runs per device on its rows and
+    heads (mesh.shard_attention); the results are the single-device ones, bit for bit."""
+    q, k, v, dout = _inputs(b=4, t=64, h=4, k=16)
+    segments, positions = _packed(4, 64, 40)
+    mask = attention.attention_mask(segments, segments, positions, positions, same_row=True)
+    fn = lambda q, k, v: cpu_attention.attention(q, k, v, mask, causal=True)  # noqa: E731
+    single = _value_and_grads(jax.jit(fn), q, k, v, dout)
+    config = tiny_config()
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+    mesh = mesh_lib.make_mesh(config)
+    with mesh_lib.activate(mesh):
+        shard = mesh_lib.logical_sharding(mesh, ("batch", "length", "heads", "head_dim"))
+        placed = [jax.device_put(x, shard) for x in (q, k, v, dout)]
+        sharded = _value_and_grads(jax.jit(fn), *placed)
+    for a, b in zip(single, sharded):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_results_are_bitwise_deterministic():
+    q, k, v, dout = _inputs(b=4, t=128, h=4)
+    mask = attention.attention_mask(*([jnp.ones((4, 128), jnp.int32)] * 2),
+                                    *([jnp.broadcast_to(jnp.arange(128), (4, 128))] * 2),
+                                    same_row=True)
+    fn = jax.jit(lambda q, k, v: _value_and_grads(
+        lambda q, k, v: cpu_attention.attention(q, k, v, mask, causal=True), q, k, v, dout))
+    for a, b in zip(fn(q, k, v), fn(q, k, v)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _loss_and_grads(config, batch):
+    import flax.linen as nn
+
+    from fmjax import models, objectives
+    model, cfg = models.build(config)
+    params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, cfg.seq_len), jnp.int32))
+                      ["params"])
+    example = objectives.get(config).transform(batch, None)
+
+    def loss(p):
+        logits = model.apply({"params": p}, **example["inputs"])
+        ce, _, w = objectives.cross_entropy(logits, example["targets"], example["weights"])
+        return ce / w
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.mark.parametrize("family,kv", [("gpt2", 0), ("llama", 2)])
+def test_models_with_the_kernel_match_fmjax_xla_attention(family, kv):
+    """Whole models (GQA for llama) on packed rows: same loss and gradients as fmjax's XLA
+    attention core; `auto` on CPU is the kernel."""
+    batch = {k: jnp.asarray(v) for k, v in packed_batch(seq=64, split=40).items()}
+    results = {impl: _loss_and_grads(tiny_config(family, init_std=0.2, attention_impl=impl,
+                                                 n_kv_heads=kv, seq_len=64, d_model=128),
+                                     batch)
+               for impl in ("fmjax", "fused_cpu", "auto")}
+    (loss_a, grads_a), (loss_b, grads_b) = results["fmjax"], results["fused_cpu"]
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert results["auto"][0] == loss_b  # auto took the same kernel
+
+
+def test_fused_cpu_refuses_what_it_cannot_run_and_names_the_fix():
+    batch = {k: jnp.asarray(v) for k, v in packed_batch(seq=32).items()}
+    with pytest.raises(ConfigError, match="fused_cpu.*bfloat16.*attention_impl=fmjax"):
+        _loss_and_grads(tiny_config(attention_impl="fused_cpu", dtype="bfloat16"), batch)
+    with pytest.raises(ConfigError, match="fused_cpu.*key length 40 must be multiples of 16"):
+        _loss_and_grads(tiny_config(attention_impl="fused_cpu", seq_len=40, d_model=128),
+                        {k: jnp.asarray(v) for k, v in packed_batch(seq=40).items()})
+
+
+def test_build_is_cached_and_a_missing_compiler_falls_back(tmp_path, monkeypatch, caplog):
+    """The library is named by a hash of its inputs and reused; without a compiler the reason
+    is reported, `auto` falls back to the XLA core (and logs why) and results are unchanged."""
+    built = cpu_attention._build(cpu_attention._compiler())
+    assert built.parent == cpu_attention.cache_dir() and built.exists()
+    stamp = built.stat().st_mtime_ns
+    assert cpu_attention._build(cpu_attention._compiler()) == built
+    assert built.stat().st_mtime_ns == stamp
+
+    batch = {k: jnp.asarray(v) for k, v in packed_batch(seq=32).items()}
+    config = tiny_config(init_std=0.2, d_model=128)
+    with_kernel = _loss_and_grads(config, batch)[0]
+    monkeypatch.setenv("CXX", str(tmp_path / "missing"))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no c++, g++ or clang++ either
+    monkeypatch.setattr(cpu_attention, "unavailable",
+                        cpu_attention.unavailable.__wrapped__)  # not the cached answer
+    assert "no C++ compiler" in cpu_attention.unavailable()
+    with caplog.at_level("WARNING"):
+        without = _loss_and_grads(config, batch)[0]
+    assert "no C++ compiler" in caplog.text
+    np.testing.assert_allclose(without, with_kernel, rtol=1e-6)
+    with pytest.raises(ConfigError, match="no C\\+\\+ compiler.*attention_impl=fmjax"):
+        _loss_and_grads(tiny_config(attention_impl="fused_cpu", d_model=128), batch)
