@@ -14,6 +14,7 @@
 // B's rows are loaded as vectors. Rows of B and C must be whole vectors: K and S are
 // multiples of W (the Python side checks). Queries that see no key get zeros.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -45,15 +46,15 @@ constexpr int QB = 64;   // query rows per block: the block's scores stay in cac
 
 typedef float vf __attribute__((vector_size(W * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(W * sizeof(int32_t))));
-typedef uint8_t vb __attribute__((vector_size(W)));
+typedef int8_t vb __attribute__((vector_size(W)));
 
 inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 inline vf splat(float x) { return vf{} + x; }
-inline vi visible(const bool* m) {  // lanes -1 where the mask is set, else 0
+inline vi visible(const bool* m) {  // lanes -1 where the mask is set (bytes 1), else 0
   vb b;
   std::memcpy(&b, m, sizeof b);
-  return __builtin_convertvector(b, vi) != 0;
+  return __builtin_convertvector(-b, vi);  // one sign-extending load (b != 0 is scalarised)
 }
 
 // exp(x) to ~1 ulp, clamped to [-87, 88]: 2^n * e^r, |r| <= ln2 / 2, degree-6 Taylor polynomial.
@@ -123,7 +124,7 @@ void panel(int rows, int N, int p0, int p1, const float* A, long as, long ap, co
   }
 }
 
-inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+inline long round_up(long x, long m) { return (x + m - 1) / m * m; }
 
 struct Dims {
   int64_t B, T, S, H, K;
@@ -138,13 +139,54 @@ inline int visible_cols(const Dims& d, int i0, int r0, int rows) {
   return d.causal ? std::min<int>(d.S, round_up(i0 + r0 + rows, W)) : d.S;
 }
 
-// Copies x's head [S, K] (row stride d.row()) to xT [K, S], in W x W blocks (both sides
-// then touch W cache lines at a time).
+// Arrays of `sizes` floats, cache-line aligned, in this thread's scratch memory: kept between
+// calls, so heads allocate nothing and do not fault pages in. Valid until the next call.
+template <size_t N>
+std::array<float*, N> scratch(const std::array<long, N>& sizes) {
+  thread_local std::vector<float> memory;
+  long total = 16;
+  for (long n : sizes) total += round_up(n, 16);
+  if (static_cast<long>(memory.size()) < total) memory.resize(total);
+  float* at = memory.data() + (16 - reinterpret_cast<uintptr_t>(memory.data()) / 4 % 16) % 16;
+  std::array<float*, N> parts;
+  for (size_t i = 0; i < N; ++i) {
+    parts[i] = at;
+    at += round_up(sizes[i], 16);
+  }
+  return parts;
+}
+
+// One step of a W x W transpose in registers: rows i and i + B (bit B of i clear) swap the
+// lanes with bit B set in i's row for those with it clear in i + B's row.
+template <int B>
+void transpose_step(vf* r) {
+  static const struct Masks {
+    vi first, second;
+    Masks() {
+      for (int j = 0; j < W; ++j) {  // lane indices into the pair (row i, row i + B)
+        first[j] = (j & B) ? W + j - B : j;
+        second[j] = (j & B) ? W + j : j + B;
+      }
+    }
+  } m;
+  for (int i = 0; i < W; ++i)
+    if (!(i & B)) {
+      const vf a = r[i], b = r[i + B];
+      r[i] = __builtin_shuffle(a, b, m.first);
+      r[i + B] = __builtin_shuffle(a, b, m.second);
+    }
+  if constexpr (B > 1) transpose_step<B / 2>(r);
+}
+
+// Copies x's head [S, K] (row stride d.row()) to xT [K, S], W x W blocks at a time.
 void transpose_head(const Dims& d, const float* x, float* xT) {
+  vf r[W];
   for (int s0 = 0; s0 < d.S; s0 += W)
-    for (int k0 = 0; k0 < d.K; k0 += W)
-      for (int k = k0; k < k0 + W; ++k)
-        for (int s = s0; s < s0 + W; ++s) xT[k * d.S + s] = x[s * d.row() + k];
+    for (int k0 = 0; k0 < d.K; k0 += W) {
+      for (int i = 0; i < W; ++i) r[i] = load(x + (s0 + i) * d.row() + k0);
+      transpose_step<W / 2>(r);
+      for (int i = 0; i < W; ++i) store(xT + (k0 + i) * d.S + s0, r[i]);
+    }
 }
 
 // Runs fn(task) for task in [0, n) over the intra-op pool's threads and this one.
@@ -173,16 +215,17 @@ ffi::Error check(const Dims& d) {
 void forward_head(const Dims& d, const float* q_, const float* k_, const float* v_,
                   const bool* m_, float* o_, float* lse_, int b, int h) {
   const long head = b * d.T * d.row() + h * d.K, kv_head = b * d.S * d.row() + h * d.K;
-  std::vector<float> kT(d.K * d.S), p(QB * d.S);
-  transpose_head(d, k_ + kv_head, kT.data());
+  const auto [kT, p] = scratch<2>({d.K * d.S, QB * d.S});
+  transpose_head(d, k_ + kv_head, kT);
   for (int i0 = 0; i0 < d.T; i0 += QB) {
     const int rows = std::min<int>(QB, d.T - i0);
     for (int r0 = 0; r0 < rows; r0 += MR) {
       const int n = std::min(MR, rows - r0), cols = visible_cols(d, i0, r0, n);
-      panel(n, cols, 0, d.K, q_ + head + (i0 + r0) * d.row(), d.row(), 1, kT.data(), d.S,
-            p.data() + r0 * d.S, d.S, d.scale, false);
-      for (int r = r0; r < r0 + n; ++r) {  // scores -> probabilities, in place
-        float* row = p.data() + r * d.S;
+      panel(n, cols, 0, d.K, q_ + head + (i0 + r0) * d.row(), d.row(), 1, kT, d.S,
+            p + r0 * d.S, d.S, d.scale, false);
+      float inv[MR];
+      for (int r = r0; r < r0 + n; ++r) {  // scores -> exp(score - row max), in place
+        float* row = p + r * d.S;
         const bool* m = m_ + (b * d.T + i0 + r) * d.S;
         vf mx = splat(-3e38f);
         for (int j = 0; j < cols; j += W) {
@@ -199,12 +242,15 @@ void forward_head(const Dims& d, const float* q_, const float* k_, const float* 
         }
         float total = 0;
         for (int l = 0; l < W; ++l) total += sum[l];
-        const float inv = total > 0 ? 1.0f / total : 0.0f;
-        for (int j = 0; j < cols; j += W) store(row + j, load(row + j) * inv);
+        inv[r - r0] = total > 0 ? 1.0f / total : 0.0f;
         lse_[(b * d.H + h) * d.T + i0 + r] = total > 0 ? row_max + std::log(total) : 3e38f;
       }
-      panel(n, d.K, 0, cols, p.data() + r0 * d.S, d.S, 1, v_ + kv_head, d.row(),
-            o_ + head + (i0 + r0) * d.row(), d.row(), 1.0f, false);
+      float* o = o_ + head + (i0 + r0) * d.row();
+      panel(n, d.K, 0, cols, p + r0 * d.S, d.S, 1, v_ + kv_head, d.row(), o, d.row(), 1.0f,
+            false);
+      for (int r = 0; r < n; ++r)  // out = (exp(s - max) v) / sum(exp(s - max))
+        for (int c = 0; c < d.K; c += W)
+          store(o + r * d.row() + c, load(o + r * d.row() + c) * inv[r]);
     }
   }
 }
@@ -228,10 +274,22 @@ void backward_head(const Dims& d, const float* q_, const float* k_, const float*
                    const bool* m_, const float* o_, const float* lse_, const float* do_,
                    float* dq_, float* dk_, float* dv_, int b, int h) {
   const long head = b * d.T * d.row() + h * d.K, kv_head = b * d.S * d.row() + h * d.K;
-  std::vector<float> kT(d.K * d.S), vT(d.K * d.S), p(QB * d.S), ds(QB * d.S);
-  std::vector<float> dk_acc(d.S * d.K, 0.0f), dv_acc(d.S * d.K, 0.0f), delta(QB);
-  transpose_head(d, k_ + kv_head, kT.data());
-  transpose_head(d, v_ + kv_head, vT.data());
+  const auto [kT, vT, p, ds, delta] = scratch<5>({d.K * d.S, d.K * d.S, QB * d.S, QB * d.S, QB});
+  float *dk = dk_ + kv_head, *dv = dv_ + kv_head;
+  // keys [from, to): dk (+)= ds^T q, dv (+)= p^T dO over the block's rows that see them
+  auto key_grads = [&](int i0, int rows, int from, int to, bool accumulate) {
+    for (int j0 = from; j0 < to; j0 += MR) {
+      const int n = std::min(MR, to - j0);
+      const int first = d.causal ? std::clamp(j0 - i0, 0, rows) : 0;
+      panel(n, d.K, first, rows, ds + j0, 1, d.S, q_ + head + i0 * d.row(), d.row(),
+            dk + j0 * d.row(), d.row(), d.scale, accumulate);
+      panel(n, d.K, first, rows, p + j0, 1, d.S, do_ + head + i0 * d.row(), d.row(),
+            dv + j0 * d.row(), d.row(), 1.0f, accumulate);
+    }
+  };
+  int written = 0;  // keys whose dk, dv rows hold a partial sum
+  transpose_head(d, k_ + kv_head, kT);
+  transpose_head(d, v_ + kv_head, vT);
   for (int i0 = 0; i0 < d.T; i0 += QB) {
     const int rows = std::min<int>(QB, d.T - i0);
     const int block_cols = visible_cols(d, i0, 0, rows);
@@ -246,12 +304,12 @@ void backward_head(const Dims& d, const float* q_, const float* k_, const float*
     for (int r0 = 0; r0 < rows; r0 += MR) {
       const int n = std::min(MR, rows - r0), cols = visible_cols(d, i0, r0, n);
       const long at = (i0 + r0) * d.row();
-      panel(n, cols, 0, d.K, q_ + head + at, d.row(), 1, kT.data(), d.S,
-            p.data() + r0 * d.S, d.S, d.scale, false);
-      panel(n, cols, 0, d.K, do_ + head + at, d.row(), 1, vT.data(), d.S,
-            ds.data() + r0 * d.S, d.S, 1.0f, false);
+      panel(n, cols, 0, d.K, q_ + head + at, d.row(), 1, kT, d.S,
+            p + r0 * d.S, d.S, d.scale, false);
+      panel(n, cols, 0, d.K, do_ + head + at, d.row(), 1, vT, d.S,
+            ds + r0 * d.S, d.S, 1.0f, false);
       for (int r = r0; r < r0 + n; ++r) {  // p = probabilities, ds = dlogits / scale
-        float *pr = p.data() + r * d.S, *dr = ds.data() + r * d.S;
+        float *pr = p + r * d.S, *dr = ds + r * d.S;
         const bool* m = m_ + (b * d.T + i0 + r) * d.S;
         const float l = lse_[(b * d.H + h) * d.T + i0 + r];
         for (int j = 0; j < cols; j += W) {
@@ -262,21 +320,16 @@ void backward_head(const Dims& d, const float* q_, const float* k_, const float*
         std::fill(pr + cols, pr + block_cols, 0.0f);  // read by the key-side products
         std::fill(dr + cols, dr + block_cols, 0.0f);
       }
-      panel(n, d.K, 0, cols, ds.data() + r0 * d.S, d.S, 1, k_ + kv_head, d.row(),
+      panel(n, d.K, 0, cols, ds + r0 * d.S, d.S, 1, k_ + kv_head, d.row(),
             dq_ + head + at, d.row(), d.scale, false);
     }
-    for (int j0 = 0; j0 < block_cols; j0 += MR) {  // keys: dk += ds^T q, dv += p^T dO
-      const int n = std::min(MR, block_cols - j0);
-      const int first = d.causal ? std::clamp(j0 - i0, 0, rows) : 0;  // rows seeing key j0
-      panel(n, d.K, first, rows, ds.data() + j0, 1, d.S, q_ + head + i0 * d.row(), d.row(),
-            dk_acc.data() + j0 * d.K, d.K, d.scale, true);
-      panel(n, d.K, first, rows, p.data() + j0, 1, d.S, do_ + head + i0 * d.row(), d.row(),
-            dv_acc.data() + j0 * d.K, d.K, 1.0f, true);
-    }
+    key_grads(i0, rows, 0, written, true);
+    key_grads(i0, rows, written, block_cols, false);
+    written = std::max(written, block_cols);
   }
-  for (int s = 0; s < d.S; ++s) {
-    std::memcpy(dk_ + kv_head + s * d.row(), dk_acc.data() + s * d.K, d.K * sizeof(float));
-    std::memcpy(dv_ + kv_head + s * d.row(), dv_acc.data() + s * d.K, d.K * sizeof(float));
+  for (int s = written; s < d.S; ++s) {  // keys no query sees
+    std::fill(dk + s * d.row(), dk + s * d.row() + d.K, 0.0f);
+    std::fill(dv + s * d.row(), dv + s * d.row() + d.K, 0.0f);
   }
 }
 
