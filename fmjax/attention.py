@@ -266,6 +266,19 @@ def chunked_attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, bias_BHTS=None, scale=N
     return jnp.concatenate([attention_core(*chunk, scale) for chunk in chunks], axis=0)
 
 
+def describe_implementation(impl: str, platform: str) -> str:
+    """What `model.attention_impl` = impl runs on `platform` where the shapes allow it: `auto`
+    resolved, and fused_cpu's fallback when its kernel does not build (for logs, benchmarks)."""
+    if impl == "auto":
+        impl = "fused_cpu" if platform == "cpu" else "xla"
+    if impl == "fused_cpu":
+        from fmjax import cpu_attention
+        reason = cpu_attention.unavailable()
+        if reason is not None:
+            return f"fmjax (fused_cpu unavailable: {reason})"
+    return impl
+
+
 @jax.custom_vjp
 def unstack_qkv(qkv_BTH3K):
     """(q, k, v) = qkv[:, :, :, i]. Custom backward: one stack of the three gradients, where
@@ -306,15 +319,16 @@ class Attention(nn.Module):
                      param_dtype=self.param_dtype, name=name)
 
     def _qkv(self, x_BTD):
-        """Query, key and value projections. With as many kv heads as query heads they run as
-        ONE GEMM against the three kernels stacked at compute time ([D, H, 3, K]: heads stay
-        the major, sharded axis of the flattened outputs): a 3x wider GEMM runs closer to peak
-        on CPU, and its backward is one GEMM for dx instead of three plus two adds."""
+        """Query, key and value projections, and the three stacked [B, T, H, 3, K] (None with
+        fewer kv heads). With as many kv heads as query heads they run as ONE GEMM against
+        the three kernels stacked at compute time ([D, H, 3, K]: heads stay the major, sharded
+        axis of the flattened outputs): a 3x wider GEMM runs closer to peak on CPU, and its
+        backward is one GEMM for dx instead of three plus two adds."""
         q_proj = self._proj("query", self.n_heads, "heads")
         k_proj = self._proj("key", self.n_kv_heads, "kv_heads")
         v_proj = self._proj("value", self.n_kv_heads, "kv_heads")
         if self.n_kv_heads != self.n_heads:
-            return q_proj(x_BTD), k_proj(x_BTD), v_proj(x_BTD)
+            return q_proj(x_BTD), k_proj(x_BTD), v_proj(x_BTD), None
         (wq, bq), (wk, bk), (wv, bv) = (p(x_BTD, weights_only=True)
                                         for p in (q_proj, k_proj, v_proj))
         b, t, d = x_BTD.shape
@@ -323,7 +337,7 @@ class Attention(nn.Module):
                            w_DH3K.reshape(d, -1)).reshape(b, t, self.n_heads, 3, self.head_dim)
         if self.use_bias:
             qkv_BTH3K = qkv_BTH3K + jnp.stack([bq, bk, bv], axis=1)
-        return unstack_qkv(qkv_BTH3K)
+        return (*unstack_qkv(qkv_BTH3K), qkv_BTH3K)
 
     @nn.compact
     def __call__(self, x_BTD, segment_ids_BT, positions_BT, *, decode=False, deterministic=True,
@@ -333,12 +347,13 @@ class Attention(nn.Module):
         kv_segment_ids_BS): cross-attention, keys and values from kv_BSD, a query sees the
         real keys of its own segment id."""
         cross = kv_BSD is not None
+        qkv_BTH3K = None
         if cross:
             q_BTHK = self._proj("query", self.n_heads, "heads")(x_BTD)
             k_BTGK = self._proj("key", self.n_kv_heads, "kv_heads")(kv_BSD)
             v_BTGK = self._proj("value", self.n_kv_heads, "kv_heads")(kv_BSD)
         else:
-            q_BTHK, k_BTGK, v_BTGK = self._qkv(x_BTD)
+            q_BTHK, k_BTGK, v_BTGK, qkv_BTH3K = self._qkv(x_BTD)
         q_BTHK = checkpoint_name(q_BTHK, "query_proj")
         k_BTGK = checkpoint_name(k_BTGK, "key_proj")
         v_BTGK = checkpoint_name(v_BTGK, "value_proj")
@@ -375,10 +390,15 @@ class Attention(nn.Module):
                                     cross or kv_prefix_BS is not None or bias_BHTS is not None)
         elif self._use_fused_cpu(q_BTHK, k_BSGK, bias_BHTS, decode):
             from fmjax import cpu_attention
-            k_BSHK, v_BSHK = self._kv_per_query_head(k_BSGK, v_BSGK, q_BTHK.dtype)
-            out_BTHK = cpu_attention.attention(
-                q_BTHK, k_BSHK, v_BSHK, mask_B1TS, scale=self.scale,
-                causal=self.causal and not cross and not decode and kv_prefix_BS is None)
+            causal = self.causal and not cross and kv_prefix_BS is None
+            if qkv_BTH3K is not None and not self.use_rope:  # read in place: no split copies
+                out_BTHK = cpu_attention.attention_packed(
+                    checkpoint_name(qkv_BTH3K, "qkv_proj"), mask_B1TS, scale=self.scale,
+                    causal=causal)
+            else:
+                k_BSHK, v_BSHK = self._kv_per_query_head(k_BSGK, v_BSGK, q_BTHK.dtype)
+                out_BTHK = cpu_attention.attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS,
+                                                   scale=self.scale, causal=causal)
         elif self._use_fmjax_core():
             k_BSHK, v_BSHK = self._kv_per_query_head(k_BSGK, v_BSGK, q_BTHK.dtype)
             blocks = causal_blocks(q_BTHK.shape[1])

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from fmjax import cli, cpu_runtime, profile_report
+from fmjax import attention, cli, cpu_runtime, profile_report
 
 FLAGS = flags.FLAGS
 cli.define_config_flag()
@@ -74,7 +74,10 @@ def run_bench(config, profile_steps: int = 0) -> dict:
     return {"config": {"family": cfg.family, "layers": cfg.n_layers, "d_model": cfg.d_model,
                        "heads": cfg.n_heads, "seq_len": t, "vocab": cfg.vocab_size, "batch": b,
                        "dtype": cfg.dtype, "scan_layers": cfg.scan_layers,
-                       "remat": cfg.remat_policy, "mesh": dict(mesh.shape),
+                       "remat": cfg.remat_policy,
+                       "attention": attention.describe_implementation(cfg.attention_impl,
+                                                                      devices[0].platform),
+                       "mesh": dict(mesh.shape),
                        "devices": f"{len(devices)} x {devices[0].device_kind}",
                        "warmup_steps": config.bench.warmup_steps,
                        "timed_steps": config.bench.steps},

@@ -128,9 +128,13 @@ inline long round_up(long x, long m) { return (x + m - 1) / m * m; }
 
 struct Dims {
   int64_t B, T, S, H, K;
-  long row() const { return H * K; }  // stride between positions in q, k, v, out
   bool causal;
   float scale;
+  long in_row, in_head;  // strides between positions and heads in q, k, v and their grads
+  long row() const { return H * K; }  // stride between positions in out and its gradient
+  long q_at(int b, int h) const { return b * T * in_row + h * in_head; }
+  long kv_at(int b, int h) const { return b * S * in_row + h * in_head; }
+  long out_at(int b, int h) const { return b * T * row() + h * K; }
 };
 
 // Keys [0, cols(r0)) that rows [r0, r0 + MR) of the block at i0 can see (all of them unless
@@ -178,12 +182,12 @@ void transpose_step(vf* r) {
   if constexpr (B > 1) transpose_step<B / 2>(r);
 }
 
-// Copies x's head [S, K] (row stride d.row()) to xT [K, S], W x W blocks at a time.
+// Copies x's head [S, K] (row stride d.in_row) to xT [K, S], W x W blocks at a time.
 void transpose_head(const Dims& d, const float* x, float* xT) {
   vf r[W];
   for (int s0 = 0; s0 < d.S; s0 += W)
     for (int k0 = 0; k0 < d.K; k0 += W) {
-      for (int i = 0; i < W; ++i) r[i] = load(x + (s0 + i) * d.row() + k0);
+      for (int i = 0; i < W; ++i) r[i] = load(x + (s0 + i) * d.in_row + k0);
       transpose_step<W / 2>(r);
       for (int i = 0; i < W; ++i) store(xT + (k0 + i) * d.S + s0, r[i]);
     }
@@ -214,15 +218,15 @@ ffi::Error check(const Dims& d) {
 // One (batch, head) of the forward pass: out and the rows' log-sum-exp.
 void forward_head(const Dims& d, const float* q_, const float* k_, const float* v_,
                   const bool* m_, float* o_, float* lse_, int b, int h) {
-  const long head = b * d.T * d.row() + h * d.K, kv_head = b * d.S * d.row() + h * d.K;
+  const float *q = q_ + d.q_at(b, h), *k = k_ + d.kv_at(b, h), *v = v_ + d.kv_at(b, h);
   const auto [kT, p] = scratch<2>({d.K * d.S, QB * d.S});
-  transpose_head(d, k_ + kv_head, kT);
+  transpose_head(d, k, kT);
   for (int i0 = 0; i0 < d.T; i0 += QB) {
     const int rows = std::min<int>(QB, d.T - i0);
     for (int r0 = 0; r0 < rows; r0 += MR) {
       const int n = std::min(MR, rows - r0), cols = visible_cols(d, i0, r0, n);
-      panel(n, cols, 0, d.K, q_ + head + (i0 + r0) * d.row(), d.row(), 1, kT, d.S,
-            p + r0 * d.S, d.S, d.scale, false);
+      panel(n, cols, 0, d.K, q + (i0 + r0) * d.in_row, d.in_row, 1, kT, d.S, p + r0 * d.S,
+            d.S, d.scale, false);
       float inv[MR];
       for (int r = r0; r < r0 + n; ++r) {  // scores -> exp(score - row max), in place
         float* row = p + r * d.S;
@@ -245,9 +249,8 @@ void forward_head(const Dims& d, const float* q_, const float* k_, const float* 
         inv[r - r0] = total > 0 ? 1.0f / total : 0.0f;
         lse_[(b * d.H + h) * d.T + i0 + r] = total > 0 ? row_max + std::log(total) : 3e38f;
       }
-      float* o = o_ + head + (i0 + r0) * d.row();
-      panel(n, d.K, 0, cols, p + r0 * d.S, d.S, 1, v_ + kv_head, d.row(), o, d.row(), 1.0f,
-            false);
+      float* o = o_ + d.out_at(b, h) + (i0 + r0) * d.row();
+      panel(n, d.K, 0, cols, p + r0 * d.S, d.S, 1, v, d.in_row, o, d.row(), 1.0f, false);
       for (int r = 0; r < n; ++r)  // out = (exp(s - max) v) / sum(exp(s - max))
         for (int c = 0; c < d.K; c += W)
           store(o + r * d.row() + c, load(o + r * d.row() + c) * inv[r]);
@@ -255,59 +258,86 @@ void forward_head(const Dims& d, const float* q_, const float* k_, const float* 
   }
 }
 
+// Heads of q, k, v as separate [B, T or S, H, K] arrays.
+Dims separate(const ffi::Buffer<ffi::F32>& q, const ffi::Buffer<ffi::F32>& k, float scale,
+              bool causal) {
+  const auto qd = q.dimensions();
+  return Dims{qd[0], qd[1], k.dimensions()[1], qd[2], qd[3], causal, scale, qd[2] * qd[3],
+              qd[3]};
+}
+
+// Heads of q, k, v stacked in one [B, T, H, 3, K] array (self-attention): no copies to split
+// it, and one gradient array out.
+Dims packed(const ffi::Buffer<ffi::F32>& qkv, float scale, bool causal) {
+  const auto d = qkv.dimensions();
+  return Dims{d[0], d[1], d[1], d[2], d[4], causal, scale, d[2] * 3 * d[4], 3 * d[4]};
+}
+
+ffi::Error forward_all(ffi::ThreadPool& pool, const Dims& d, const float* q, const float* k,
+                       const float* v, const bool* mask, float* out, float* lse) {
+  if (auto e = check(d); e.failure()) return e;
+  parallel_for(pool, d.B * d.H, [&](int task) {
+    forward_head(d, q, k, v, mask, out, lse, task / d.H, task % d.H);
+  });
+  return ffi::Error::Success();
+}
+
 ffi::Error forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::PRED> mask, float scale,
                    bool causal, ffi::ResultBuffer<ffi::F32> out,
                    ffi::ResultBuffer<ffi::F32> lse) {
-  const auto qd = q.dimensions();
-  const Dims d{qd[0], qd[1], k.dimensions()[1], qd[2], qd[3], causal, scale};
-  if (auto e = check(d); e.failure()) return e;
-  parallel_for(pool, d.B * d.H, [&](int task) {
-    forward_head(d, q.typed_data(), k.typed_data(), v.typed_data(), mask.typed_data(),
-                 out->typed_data(), lse->typed_data(), task / d.H, task % d.H);
-  });
-  return ffi::Error::Success();
+  return forward_all(pool, separate(q, k, scale, causal), q.typed_data(), k.typed_data(),
+                     v.typed_data(), mask.typed_data(), out->typed_data(), lse->typed_data());
+}
+
+ffi::Error forward_packed(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
+                          ffi::Buffer<ffi::PRED> mask, float scale, bool causal,
+                          ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
+  const Dims d = packed(qkv, scale, causal);
+  const float* q = qkv.typed_data();
+  return forward_all(pool, d, q, q + d.K, q + 2 * d.K, mask.typed_data(), out->typed_data(),
+                     lse->typed_data());
 }
 
 // One (batch, head) of the backward pass: dq, and dk, dv summed over the query blocks.
 void backward_head(const Dims& d, const float* q_, const float* k_, const float* v_,
                    const bool* m_, const float* o_, const float* lse_, const float* do_,
                    float* dq_, float* dk_, float* dv_, int b, int h) {
-  const long head = b * d.T * d.row() + h * d.K, kv_head = b * d.S * d.row() + h * d.K;
+  const float *q = q_ + d.q_at(b, h), *k = k_ + d.kv_at(b, h), *v = v_ + d.kv_at(b, h);
+  const float *o = o_ + d.out_at(b, h), *dout = do_ + d.out_at(b, h);
+  float *dq = dq_ + d.q_at(b, h), *dk = dk_ + d.kv_at(b, h), *dv = dv_ + d.kv_at(b, h);
   const auto [kT, vT, p, ds, delta] = scratch<5>({d.K * d.S, d.K * d.S, QB * d.S, QB * d.S, QB});
-  float *dk = dk_ + kv_head, *dv = dv_ + kv_head;
   // keys [from, to): dk (+)= ds^T q, dv (+)= p^T dO over the block's rows that see them
   auto key_grads = [&](int i0, int rows, int from, int to, bool accumulate) {
     for (int j0 = from; j0 < to; j0 += MR) {
       const int n = std::min(MR, to - j0);
       const int first = d.causal ? std::clamp(j0 - i0, 0, rows) : 0;
-      panel(n, d.K, first, rows, ds + j0, 1, d.S, q_ + head + i0 * d.row(), d.row(),
-            dk + j0 * d.row(), d.row(), d.scale, accumulate);
-      panel(n, d.K, first, rows, p + j0, 1, d.S, do_ + head + i0 * d.row(), d.row(),
-            dv + j0 * d.row(), d.row(), 1.0f, accumulate);
+      panel(n, d.K, first, rows, ds + j0, 1, d.S, q + i0 * d.in_row, d.in_row,
+            dk + j0 * d.in_row, d.in_row, d.scale, accumulate);
+      panel(n, d.K, first, rows, p + j0, 1, d.S, dout + i0 * d.row(), d.row(),
+            dv + j0 * d.in_row, d.in_row, 1.0f, accumulate);
     }
   };
   int written = 0;  // keys whose dk, dv rows hold a partial sum
-  transpose_head(d, k_ + kv_head, kT);
-  transpose_head(d, v_ + kv_head, vT);
+  transpose_head(d, k, kT);
+  transpose_head(d, v, vT);
   for (int i0 = 0; i0 < d.T; i0 += QB) {
     const int rows = std::min<int>(QB, d.T - i0);
     const int block_cols = visible_cols(d, i0, 0, rows);
     for (int r = 0; r < rows; ++r) {  // delta = rowsum(dO * O)
-      const float *o = o_ + head + (i0 + r) * d.row(), *g = do_ + head + (i0 + r) * d.row();
+      const float *o_r = o + (i0 + r) * d.row(), *g = dout + (i0 + r) * d.row();
       vf acc = vf{};
-      for (int c = 0; c < d.K; c += W) acc += load(o + c) * load(g + c);
+      for (int c = 0; c < d.K; c += W) acc += load(o_r + c) * load(g + c);
       float s = 0;
       for (int l = 0; l < W; ++l) s += acc[l];
       delta[r] = s;
     }
     for (int r0 = 0; r0 < rows; r0 += MR) {
       const int n = std::min(MR, rows - r0), cols = visible_cols(d, i0, r0, n);
-      const long at = (i0 + r0) * d.row();
-      panel(n, cols, 0, d.K, q_ + head + at, d.row(), 1, kT, d.S,
-            p + r0 * d.S, d.S, d.scale, false);
-      panel(n, cols, 0, d.K, do_ + head + at, d.row(), 1, vT, d.S,
-            ds + r0 * d.S, d.S, 1.0f, false);
+      const long at = (i0 + r0) * d.in_row;
+      panel(n, cols, 0, d.K, q + at, d.in_row, 1, kT, d.S, p + r0 * d.S, d.S, d.scale, false);
+      panel(n, cols, 0, d.K, dout + (i0 + r0) * d.row(), d.row(), 1, vT, d.S, ds + r0 * d.S,
+            d.S, 1.0f, false);
       for (int r = r0; r < r0 + n; ++r) {  // p = probabilities, ds = dlogits / scale
         float *pr = p + r * d.S, *dr = ds + r * d.S;
         const bool* m = m_ + (b * d.T + i0 + r) * d.S;
@@ -320,17 +350,27 @@ void backward_head(const Dims& d, const float* q_, const float* k_, const float*
         std::fill(pr + cols, pr + block_cols, 0.0f);  // read by the key-side products
         std::fill(dr + cols, dr + block_cols, 0.0f);
       }
-      panel(n, d.K, 0, cols, ds + r0 * d.S, d.S, 1, k_ + kv_head, d.row(),
-            dq_ + head + at, d.row(), d.scale, false);
+      panel(n, d.K, 0, cols, ds + r0 * d.S, d.S, 1, k, d.in_row, dq + at, d.in_row, d.scale,
+            false);
     }
     key_grads(i0, rows, 0, written, true);
     key_grads(i0, rows, written, block_cols, false);
     written = std::max(written, block_cols);
   }
   for (int s = written; s < d.S; ++s) {  // keys no query sees
-    std::fill(dk + s * d.row(), dk + s * d.row() + d.K, 0.0f);
-    std::fill(dv + s * d.row(), dv + s * d.row() + d.K, 0.0f);
+    std::fill(dk + s * d.in_row, dk + s * d.in_row + d.K, 0.0f);
+    std::fill(dv + s * d.in_row, dv + s * d.in_row + d.K, 0.0f);
   }
+}
+
+ffi::Error backward_all(ffi::ThreadPool& pool, const Dims& d, const float* q, const float* k,
+                        const float* v, const bool* mask, const float* out, const float* lse,
+                        const float* dout, float* dq, float* dk, float* dv) {
+  if (auto e = check(d); e.failure()) return e;
+  parallel_for(pool, d.B * d.H, [&](int task) {
+    backward_head(d, q, k, v, mask, out, lse, dout, dq, dk, dv, task / d.H, task % d.H);
+  });
+  return ffi::Error::Success();
 }
 
 ffi::Error backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
@@ -339,15 +379,20 @@ ffi::Error backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
                     ffi::Buffer<ffi::F32> dout, float scale, bool causal,
                     ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
                     ffi::ResultBuffer<ffi::F32> dv) {
-  const auto qd = q.dimensions();
-  const Dims d{qd[0], qd[1], k.dimensions()[1], qd[2], qd[3], causal, scale};
-  if (auto e = check(d); e.failure()) return e;
-  parallel_for(pool, d.B * d.H, [&](int task) {
-    backward_head(d, q.typed_data(), k.typed_data(), v.typed_data(), mask.typed_data(),
-                  out.typed_data(), lse.typed_data(), dout.typed_data(), dq->typed_data(),
-                  dk->typed_data(), dv->typed_data(), task / d.H, task % d.H);
-  });
-  return ffi::Error::Success();
+  return backward_all(pool, separate(q, k, scale, causal), q.typed_data(), k.typed_data(),
+                      v.typed_data(), mask.typed_data(), out.typed_data(), lse.typed_data(),
+                      dout.typed_data(), dq->typed_data(), dk->typed_data(), dv->typed_data());
+}
+
+ffi::Error backward_packed(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
+                           ffi::Buffer<ffi::PRED> mask, ffi::Buffer<ffi::F32> out,
+                           ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout, float scale,
+                           bool causal, ffi::ResultBuffer<ffi::F32> dqkv) {
+  const Dims d = packed(qkv, scale, causal);
+  const float* q = qkv.typed_data();
+  float* dq = dqkv->typed_data();
+  return backward_all(pool, d, q, q + d.K, q + 2 * d.K, mask.typed_data(), out.typed_data(),
+                      lse.typed_data(), dout.typed_data(), dq, dq + d.K, dq + 2 * d.K);
 }
 
 }  // namespace
@@ -378,4 +423,26 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FmjaxAttentionBackward, backward,
                                   .Attr<bool>("causal")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FmjaxAttentionForwardPacked, forward_packed,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Attr<float>("scale")
+                                  .Attr<bool>("causal")
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FmjaxAttentionBackwardPacked, backward_packed,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::PRED>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale")
+                                  .Attr<bool>("causal")
                                   .Ret<ffi::Buffer<ffi::F32>>());

@@ -39,7 +39,9 @@ SOURCE = pathlib.Path(__file__).with_name("cpu_attention.cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 MULTIPLE = 16  # head dim and key length must be multiples of the kernel's widest vector
 _TARGETS = {"fmjax_cpu_attention_fwd": "FmjaxAttentionForward",
-            "fmjax_cpu_attention_bwd": "FmjaxAttentionBackward"}
+            "fmjax_cpu_attention_bwd": "FmjaxAttentionBackward",
+            "fmjax_cpu_attention_fwd_packed": "FmjaxAttentionForwardPacked",
+            "fmjax_cpu_attention_bwd_packed": "FmjaxAttentionBackwardPacked"}
 
 
 def cache_dir() -> pathlib.Path:
@@ -116,31 +118,63 @@ def log_fallback(reason: str) -> None:
     logging.warning("fmjax: attention uses the XLA core, not the fused CPU kernel: %s", reason)
 
 
-def _shapes(*arrays):
-    return tuple(jax.ShapeDtypeStruct(a.shape, jnp.float32) for a in arrays)
+def _f32(*shapes):
+    return tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
 
 
+def _call(target, out_shapes, *args, scale, causal):
+    return jax.ffi.ffi_call(target, _f32(*out_shapes))(*args, scale=np.float32(scale),
+                                                        causal=causal)
+
+
+# q, k, v as separate arrays
 def _forward(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, scale, causal):
     b, t, h, _ = q_BTHK.shape
-    out_BTHK, lse_BHT = jax.ffi.ffi_call(
-        "fmjax_cpu_attention_fwd", _shapes(q_BTHK, jax.ShapeDtypeStruct((b, h, t), jnp.float32)))(
-        q_BTHK, k_BSHK, v_BSHK, mask_B1TS, scale=np.float32(scale), causal=causal)
+    out_BTHK, lse_BHT = _call("fmjax_cpu_attention_fwd", (q_BTHK.shape, (b, h, t)), q_BTHK,
+                              k_BSHK, v_BSHK, mask_B1TS, scale=scale, causal=causal)
     return out_BTHK, (q_BTHK, k_BSHK, v_BSHK, mask_B1TS, out_BTHK, lse_BHT)
 
 
 def _backward(scale, causal, res, dout_BTHK):
-    q_BTHK, k_BSHK, v_BSHK = res[:3]
-    grads = jax.ffi.ffi_call("fmjax_cpu_attention_bwd", _shapes(q_BTHK, k_BSHK, v_BSHK))(
-        *res, dout_BTHK, scale=np.float32(scale), causal=causal)
+    grads = _call("fmjax_cpu_attention_bwd", [x.shape for x in res[:3]], *res, dout_BTHK,
+                  scale=scale, causal=causal)
     return (*grads, None)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _local(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, scale, causal):
+def _separate(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, scale, causal):
     return _forward(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, scale, causal)[0]
 
 
-_local.defvjp(_forward, _backward)
+_separate.defvjp(_forward, _backward)
+
+
+# q, k, v stacked in one [B, T, H, 3, K] array (self-attention)
+def _forward_packed(qkv_BTH3K, mask_B1TT, scale, causal):
+    b, t, h, _, k = qkv_BTH3K.shape
+    out_BTHK, lse_BHT = _call("fmjax_cpu_attention_fwd_packed", ((b, t, h, k), (b, h, t)),
+                              qkv_BTH3K, mask_B1TT, scale=scale, causal=causal)
+    return out_BTHK, (qkv_BTH3K, mask_B1TT, out_BTHK, lse_BHT)
+
+
+def _backward_packed(scale, causal, res, dout_BTHK):
+    dqkv_BTH3K, = _call("fmjax_cpu_attention_bwd_packed", (res[0].shape,), *res, dout_BTHK,
+                        scale=scale, causal=causal)
+    return dqkv_BTH3K, None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _packed(qkv_BTH3K, mask_B1TT, scale, causal):
+    return _forward_packed(qkv_BTH3K, mask_B1TT, scale, causal)[0]
+
+
+_packed.defvjp(_forward_packed, _backward_packed)
+
+
+def _require():
+    reason = unavailable()  # builds and registers the kernel on first use
+    if reason is not None:
+        raise RuntimeError(f"fmjax's CPU attention kernel is unavailable: {reason}")
 
 
 def attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, *, scale=None, causal=False):
@@ -148,11 +182,21 @@ def attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, *, scale=None, causal=False):
     as query heads), mask [B, 1, T, S] bool. `causal`: the caller promises the mask hides
     every key after the query's index (attention_mask's `same_row`), so that work is skipped.
     Queries that see no key get zeros. Check `unsupported()` first."""
-    reason = unavailable()  # builds and registers the kernel on first use
-    if reason is not None:
-        raise RuntimeError(f"fmjax's CPU attention kernel is unavailable: {reason}")
-    scale = q_BTHK.shape[-1] ** -0.5 if scale is None else scale
-    b, t, _, _ = q_BTHK.shape
+    _require()
+    b, t, _, k = q_BTHK.shape
+    scale = k ** -0.5 if scale is None else float(scale)
     mask_B1TS = jnp.broadcast_to(mask_B1TS, (b, 1, t, k_BSHK.shape[1]))
-    local = lambda q, k, v, m: _local(q, k, v, m, float(scale), bool(causal))  # noqa: E731
-    return mesh_lib.shard_attention(local, q_BTHK, k_BSHK, v_BSHK, mask_B1TS)
+    local = lambda q, k, v, m: _separate(q, k, v, m, scale, bool(causal))  # noqa: E731
+    return mesh_lib.shard_attention(local, (q_BTHK, k_BSHK, v_BSHK), (mask_B1TS,))
+
+
+def attention_packed(qkv_BTH3K, mask_B1TT, *, scale=None, causal=False):
+    """`attention` for self-attention with q, k, v stacked [B, T, H, 3, K] as the fused
+    projection makes them: the kernel reads the heads in place and writes one [B, T, H, 3, K]
+    gradient, so neither the split nor the stack of the gradients is a copy."""
+    _require()
+    b, t, _, _, k = qkv_BTH3K.shape
+    scale = k ** -0.5 if scale is None else float(scale)
+    mask_B1TT = jnp.broadcast_to(mask_B1TT, (b, 1, t, t))
+    local = lambda qkv, m: _packed(qkv, m, scale, bool(causal))  # noqa: E731
+    return mesh_lib.shard_attention(local, (qkv_BTH3K,), (mask_B1TT,))

@@ -244,7 +244,7 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "save_qkv_proj": jax.checkpoint_policies.save_only_these_names(
-        "query_proj", "key_proj", "value_proj"),
+        "query_proj", "key_proj", "value_proj", "qkv_proj"),
     "minimal": jax.checkpoint_policies.save_only_these_names(
-        "query_proj", "key_proj", "value_proj", "attention_out", "mlp_out"),
+        "query_proj", "key_proj", "value_proj", "qkv_proj", "attention_out", "mlp_out"),
 }

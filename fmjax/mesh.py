@@ -101,24 +101,25 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return logical_sharding(mesh, ("batch",))
 
 
-def shard_attention(local, q_BTHK, k_BSHK, v_BSHK, *rows):
-    """local(q, k, v, *rows) -> out [B, T, H, K], run on each device's shard: the batch over
-    (data, fsdp) and heads over tensor, as the logical rules lay out q, k and v; `rows`
-    (masks, segment ids: batch first) split over the batch only. For attention kernels that
-    XLA cannot partition (fmjax/cpu_attention.py, fmjax/splash_attention.py). A dimension the
-    mesh axes do not divide stays whole (the batch of 1 that initialisation traces, fewer
-    heads than the tensor axis)."""
+def shard_attention(local, heads: tuple, rows: tuple = ()):
+    """local(*heads, *rows) -> out [B, T, H, K], run on each device's shard. `heads` are laid
+    out [B, T, H, ...] (q, k, v; or q, k, v stacked [B, T, H, 3, K]): the batch over
+    (data, fsdp) and heads over tensor, as the logical rules shard them; `rows` (masks,
+    segment ids: batch first) split over the batch only. For attention kernels that XLA
+    cannot partition (fmjax/cpu_attention.py, fmjax/splash_attention.py). A dimension the mesh
+    axes do not divide stays whole (the batch of 1 that initialisation traces, fewer heads
+    than the tensor axis)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
-        return local(q_BTHK, k_BSHK, v_BSHK, *rows)
+        return local(*heads, *rows)
+    b, _, h = heads[0].shape[:3]
     batch = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
-    if q_BTHK.shape[0] % int(np.prod([mesh.shape[a] for a in batch])):
+    if b % int(np.prod([mesh.shape[a] for a in batch])):
         batch = None
-    heads = "tensor" if "tensor" in mesh.axis_names else None
-    if heads and q_BTHK.shape[2] % mesh.shape[heads]:
-        heads = None
-    qkv = P(batch, None, heads, None)
-    row_specs = tuple(P(batch, *[None] * (r.ndim - 1)) for r in rows)
-    return jax.shard_map(local, mesh=mesh, in_specs=(qkv,) * 3 + row_specs, out_specs=qkv,
-                         check_vma=False)(q_BTHK, k_BSHK, v_BSHK, *rows)
-
+    tensor = "tensor" if "tensor" in mesh.axis_names else None
+    if tensor and h % mesh.shape[tensor]:
+        tensor = None
+    in_specs = (tuple(P(batch, None, tensor, *[None] * (x.ndim - 3)) for x in heads)
+                + tuple(P(batch, *[None] * (x.ndim - 1)) for x in rows))
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P(batch, None, tensor),
+                         check_vma=False)(*heads, *rows)

@@ -75,4 +75,4 @@ def attention(q_BTHK, k_BTHK, v_BTHK, segment_ids_BT, *, causal: bool = True,
     scale = q_BTHK.shape[-1] ** -0.5 if scale is None else scale
     q_BTHK = q_BTHK * jnp.asarray(scale, q_BTHK.dtype)  # the kernel does not scale
     local = functools.partial(_local_attention, causal=causal)
-    return mesh_lib.shard_attention(local, q_BTHK, k_BTHK, v_BTHK, segment_ids_BT)
+    return mesh_lib.shard_attention(local, (q_BTHK, k_BTHK, v_BTHK), (segment_ids_BT,))

@@ -85,21 +85,46 @@ def test_bidirectional_prefix_lm_and_cross_attention_masks():
                          jnp.ones((2, 24, 1, 1), bool), causal=False)
 
 
+def _packed_value_and_grads(mask, qkv, dout):
+    out, vjp = jax.vjp(jax.jit(lambda qkv: cpu_attention.attention_packed(qkv, mask,
+                                                                          causal=True)), qkv)
+    return out, vjp(dout)[0]
+
+
+def test_packed_qkv_equals_separate_bit_for_bit():
+    """q, k, v stacked [B, T, H, 3, K] (the fused projection's output) are read in place and
+    the gradient comes back stacked: same numbers as the separate arrays."""
+    q, k, v, dout = _inputs(t=96, k=32)
+    segments, positions = _packed(2, 96, 40)
+    mask = attention.attention_mask(segments, segments, positions, positions, same_row=True)
+    separate = _value_and_grads(jax.jit(lambda q, k, v: cpu_attention.attention(
+        q, k, v, mask, causal=True)), q, k, v, dout)
+    out, dqkv = _packed_value_and_grads(mask, jnp.stack([q, k, v], axis=3), dout)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(separate[0]))
+    np.testing.assert_array_equal(np.asarray(dqkv), np.asarray(jnp.stack(separate[1:], 3)))
+
+
 def test_sharded_over_an_eight_device_mesh_equals_one_device():
     """Under a (data 2, fsdp 2, tensor 2) mesh the kernel runs per device on its rows and
-    heads (mesh.shard_attention); the results are the single-device ones, bit for bit."""
+    heads (mesh.shard_attention); the results are the single-device ones, bit for bit, for
+    separate and for stacked q, k, v."""
     q, k, v, dout = _inputs(b=4, t=64, h=4, k=16)
+    qkv = jnp.stack([q, k, v], axis=3)
     segments, positions = _packed(4, 64, 40)
     mask = attention.attention_mask(segments, segments, positions, positions, same_row=True)
     fn = lambda q, k, v: cpu_attention.attention(q, k, v, mask, causal=True)  # noqa: E731
-    single = _value_and_grads(jax.jit(fn), q, k, v, dout)
+    single = (*_value_and_grads(jax.jit(fn), q, k, v, dout),
+              *_packed_value_and_grads(mask, qkv, dout))
     config = tiny_config()
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
     mesh = mesh_lib.make_mesh(config)
     with mesh_lib.activate(mesh):
         shard = mesh_lib.logical_sharding(mesh, ("batch", "length", "heads", "head_dim"))
         placed = [jax.device_put(x, shard) for x in (q, k, v, dout)]
-        sharded = _value_and_grads(jax.jit(fn), *placed)
+        placed_qkv = jax.device_put(qkv, mesh_lib.logical_sharding(
+            mesh, ("batch", "length", "heads", None, "head_dim")))
+        sharded = (*_value_and_grads(jax.jit(fn), *placed),
+                   *_packed_value_and_grads(mask, placed_qkv, placed[3]))
     for a, b in zip(single, sharded):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -133,8 +158,9 @@ def _loss_and_grads(config, batch):
 
 @pytest.mark.parametrize("family,kv", [("gpt2", 0), ("llama", 2)])
 def test_models_with_the_kernel_match_fmjax_xla_attention(family, kv):
-    """Whole models (GQA for llama) on packed rows: same loss and gradients as fmjax's XLA
-    attention core; `auto` on CPU is the kernel."""
+    """Whole models on packed rows: same loss and gradients as fmjax's XLA attention core;
+    `auto` on CPU is the kernel. gpt2 feeds it the stacked q/k/v projection, llama (RoPE,
+    grouped-query) separate arrays."""
     batch = {k: jnp.asarray(v) for k, v in packed_batch(seq=64, split=40).items()}
     results = {impl: _loss_and_grads(tiny_config(family, init_std=0.2, attention_impl=impl,
                                                  n_kv_heads=kv, seq_len=64, d_model=128),
