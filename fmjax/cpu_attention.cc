@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -193,19 +194,26 @@ void transpose_head(const Dims& d, const float* x, float* xT) {
     }
 }
 
-// Runs fn(task) for task in [0, n) over the intra-op pool's threads and this one.
+// Runs fn(task) for task in [0, n) on this thread and on helpers scheduled on XLA's intra-op
+// pool. This thread never waits for a helper that has not started (the pool's threads may
+// all be busy, e.g. running this same call for other devices): whichever thread claims a
+// task runs it, and only helpers holding a claimed task are waited for. A helper that starts
+// after the last task was claimed touches nothing but the shared counters.
 template <typename Fn>
-void parallel_for(ffi::ThreadPool& pool, int n, Fn fn) {
-  std::atomic<int> next{0};
-  auto work = [&] {
-    for (int t; (t = next.fetch_add(1)) < n;) fn(t);
+void parallel_for(ffi::ThreadPool& pool, int n, Fn& fn) {
+  struct Shared {
+    std::atomic<int> next{0}, busy{0};
+  };
+  auto shared = std::make_shared<Shared>();
+  auto work = [n, &fn](Shared& s) {
+    s.busy.fetch_add(1);
+    for (int t; (t = s.next.fetch_add(1)) < n;) fn(t);
+    s.busy.fetch_sub(1);
   };
   const int helpers = std::max<int>(0, std::min<int64_t>(pool.num_threads(), n) - 1);
-  std::atomic<int> running{helpers};
-  for (int i = 0; i < helpers; ++i)
-    pool.Schedule([&] { work(); running.fetch_sub(1, std::memory_order_release); });
-  work();
-  while (running.load(std::memory_order_acquire) > 0) std::this_thread::yield();
+  for (int i = 0; i < helpers; ++i) pool.Schedule([shared, work] { work(*shared); });
+  work(*shared);
+  while (shared->busy.load() > 0) std::this_thread::yield();
 }
 
 ffi::Error check(const Dims& d) {
@@ -276,9 +284,10 @@ Dims packed(const ffi::Buffer<ffi::F32>& qkv, float scale, bool causal) {
 ffi::Error forward_all(ffi::ThreadPool& pool, const Dims& d, const float* q, const float* k,
                        const float* v, const bool* mask, float* out, float* lse) {
   if (auto e = check(d); e.failure()) return e;
-  parallel_for(pool, d.B * d.H, [&](int task) {
+  auto head = [&](int task) {
     forward_head(d, q, k, v, mask, out, lse, task / d.H, task % d.H);
-  });
+  };
+  parallel_for(pool, d.B * d.H, head);
   return ffi::Error::Success();
 }
 
@@ -367,9 +376,10 @@ ffi::Error backward_all(ffi::ThreadPool& pool, const Dims& d, const float* q, co
                         const float* v, const bool* mask, const float* out, const float* lse,
                         const float* dout, float* dq, float* dk, float* dv) {
   if (auto e = check(d); e.failure()) return e;
-  parallel_for(pool, d.B * d.H, [&](int task) {
+  auto head = [&](int task) {
     backward_head(d, q, k, v, mask, out, lse, dout, dq, dk, dv, task / d.H, task % d.H);
-  });
+  };
+  parallel_for(pool, d.B * d.H, head);
   return ffi::Error::Success();
 }
 
