@@ -407,52 +407,22 @@ ffi::Error backward_packed(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FmjaxAttentionForward, forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Attr<float>("scale")
-                                  .Attr<bool>("causal")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FmjaxAttentionBackward, backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("scale")
-                                  .Attr<bool>("causal")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FmjaxAttentionForwardPacked, forward_packed,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Attr<float>("scale")
-                                  .Attr<bool>("causal")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FmjaxAttentionBackwardPacked, backward_packed,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("scale")
-                                  .Attr<bool>("causal")
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+// The XLA FFI entry points (fmjax/cpu_attention.py registers them by these names).
+using Floats = ffi::Buffer<ffi::F32>;
+using Mask = ffi::Buffer<ffi::PRED>;
+#define BIND(ARGS) \
+  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() ARGS.Attr<float>("scale").Attr<bool>("causal")
+XLA_FFI_DEFINE_HANDLER_SYMBOL(  // q, k, v, mask -> out, lse
+    FmjaxAttentionForward, forward,
+    BIND(.Arg<Floats>().Arg<Floats>().Arg<Floats>().Arg<Mask>()).Ret<Floats>().Ret<Floats>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(  // q, k, v, mask, out, lse, dout -> dq, dk, dv
+    FmjaxAttentionBackward, backward,
+    BIND(.Arg<Floats>().Arg<Floats>().Arg<Floats>().Arg<Mask>().Arg<Floats>().Arg<Floats>()
+             .Arg<Floats>()).Ret<Floats>().Ret<Floats>().Ret<Floats>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(  // qkv, mask -> out, lse
+    FmjaxAttentionForwardPacked, forward_packed,
+    BIND(.Arg<Floats>().Arg<Mask>()).Ret<Floats>().Ret<Floats>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(  // qkv, mask, out, lse, dout -> dqkv
+    FmjaxAttentionBackwardPacked, backward_packed,
+    BIND(.Arg<Floats>().Arg<Mask>().Arg<Floats>().Arg<Floats>().Arg<Floats>()).Ret<Floats>());
+#undef BIND
