@@ -9,7 +9,7 @@ builds (else fmjax's XLA attention core, with the reason logged once); "fused_cp
 it and fails with the reason otherwise.
 
 The C++ source is compiled on first use with the host's C++ compiler (`$CXX`, else c++, g++
-or clang++; -O3 -march=native) against the XLA FFI headers that jaxlib ships, into
+or clang++; -O3 -march=native, or -march=$FMJAX_CPU_ARCH) against the XLA FFI headers that jaxlib ships, into
 `$FMJAX_CACHE_DIR` (default ~/.cache/fmjax), named by a hash of everything that affects the
 binary (source, compiler, flags, jaxlib, the CPU's features), so the build runs once per host
 and version and concurrent processes do not clash. Under a mesh the kernel runs per device
@@ -36,7 +36,7 @@ import numpy as np
 from fmjax import mesh as mesh_lib
 
 SOURCE = pathlib.Path(__file__).with_name("cpu_attention.cc")
-FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")
 MULTIPLE = 16  # head dim and key length must be multiples of the kernel's widest vector
 _TARGETS = {"fmjax_cpu_attention_fwd": "FmjaxAttentionForward",
             "fmjax_cpu_attention_bwd": "FmjaxAttentionBackward",
@@ -66,9 +66,16 @@ def _cpu_features() -> str:
     return platform.processor() or platform.machine()
 
 
+def _flags() -> tuple[str, ...]:
+    """FLAGS and the target: the host's own CPU, or $FMJAX_CPU_ARCH (e.g. x86-64-v3 for AVX2
+    only; the tests build the narrower vector paths that way)."""
+    return (*FLAGS, f"-march={os.environ.get('FMJAX_CPU_ARCH') or 'native'}")
+
+
 def _build(compiler: str) -> pathlib.Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, version, " ".join(FLAGS),
+    flags = _flags()
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, version, " ".join(flags),
                                     jax.__version__, jax.ffi.include_dir(), _cpu_features()])
                          .encode()).hexdigest()[:16]
     library = cache_dir() / f"cpu_attention-{key}.so"
@@ -77,7 +84,7 @@ def _build(compiler: str) -> pathlib.Path:
     library.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
         built = pathlib.Path(tmp) / library.name
-        result = subprocess.run([compiler, *FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE),
+        result = subprocess.run([compiler, *flags, "-I", jax.ffi.include_dir(), str(SOURCE),
                                  "-o", str(built)], capture_output=True, text=True)
         if result.returncode:
             raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")

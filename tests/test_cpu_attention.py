@@ -2,6 +2,10 @@
 attention core: values and gradients for causal packed rows, bidirectional, prefix-LM and
 cross-attention masks, odd sizes, under a sharded mesh, inside the models; and how it is
 chosen, refused and built."""
+import os
+import platform
+import subprocess
+import sys
 import threading
 
 import jax
@@ -12,6 +16,8 @@ import pytest
 from fmjax import attention, cpu_attention, mesh as mesh_lib
 from fmjax.config import ConfigError
 from tests.helpers import packed_batch, tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # a host without a C++ compiler cannot build the kernel (fmjax then uses its XLA attention);
 # with one, a kernel that fails to build fails these tests
@@ -234,3 +240,29 @@ def test_concurrent_calls_finish():
     for t in threads:
         t.join(timeout=120)
     assert done == [True] * 6, "concurrent kernel calls hung or disagreed"
+
+
+_NARROW_CHECK = """
+import jax, numpy as np
+from tests.test_cpu_attention import _inputs, _packed, _assert_matches_core
+from fmjax import attention
+for t, k, split in ((96, 16, 40), (64, 48, 30)):
+    q, k_, v, dout = _inputs(t=t, k=k)
+    segments, positions = _packed(2, t, split)
+    mask = attention.attention_mask(segments, segments, positions, positions, same_row=True)
+    _assert_matches_core(q, k_, v, dout, mask, (segments > 0)[:, :, None, None], causal=True)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 targets")
+@pytest.mark.parametrize("arch", ["x86-64-v3", "x86-64"])
+def test_narrower_vector_builds_match_the_core(arch, tmp_path):
+    """The kernel built for AVX2 (8-wide vectors, 3-row tiles) and for baseline SSE2 (4-wide),
+    as hosts without AVX-512 get it: same values and gradients as the XLA core."""
+    env = {**os.environ, "FMJAX_CPU_ARCH": arch, "FMJAX_CACHE_DIR": str(tmp_path),
+           "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", _NARROW_CHECK], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    assert len(list(tmp_path.glob("cpu_attention-*.so"))) == 1
