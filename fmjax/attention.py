@@ -442,21 +442,19 @@ class Attention(nn.Module):
         where it applies and builds. Otherwise `auto` falls back to fmjax's XLA core (a build
         failure is logged once), and so does `fused_cpu` when decoding; any other reason is a
         ConfigError for `fused_cpu`."""
-        if self.implementation not in ("auto", "fused_cpu") or (
+        if decode or self.implementation not in ("auto", "fused_cpu") or (
                 self.implementation == "auto" and jax.default_backend() != "cpu"):
             return False
         from fmjax import cpu_attention
-        if decode:
-            return False
         reason = cpu_attention.unsupported(q_BTHK, k_BSGK, bias_BHTS)
-        if reason is None:
-            reason = cpu_attention.unavailable()
-            if reason is not None and self.implementation == "auto":
-                cpu_attention.log_fallback(reason)
-        if reason is not None and self.implementation == "fused_cpu":
+        unbuilt = None if reason else cpu_attention.unavailable()
+        reason = reason or unbuilt
+        if reason and self.implementation == "fused_cpu":
             from fmjax.config import ConfigError
             raise ConfigError(f"config.model.attention_impl = 'fused_cpu': {reason}; set "
                               "--config.model.attention_impl=fmjax (fmjax's XLA attention)")
+        if unbuilt:
+            cpu_attention.log_fallback(unbuilt)
         return reason is None
 
     def _use_fmjax_core(self) -> bool:
