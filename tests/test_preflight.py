@@ -44,6 +44,7 @@ def tiny_config(**overrides):
 def run_cli(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)  # the CLI makes its own CPU devices (cpu:N)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # it reports what a fresh compile measures
     proc = subprocess.run([sys.executable, "-m", "fmjax.preflight", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     return proc, json.loads(proc.stdout.strip().splitlines()[-1])
