@@ -12,9 +12,9 @@ The C++ source is compiled on first use with the host's C++ compiler (`$CXX`, el
 or clang++; -O3 -march=native, or -march=$FMJAX_CPU_ARCH) against the XLA FFI headers that
 jaxlib ships, into `$FMJAX_CACHE_DIR` (default ~/.cache/fmjax), named by a hash of everything
 that affects the binary (source, compiler, flags, jax, the CPU's features), so the build runs
-once per host and version and concurrent processes do not clash. Under a mesh the kernel runs per device
-(mesh.shard_attention). tests/test_cpu_attention.py checks values and gradients against
-attention.attention_core.
+once per host and version and concurrent processes do not clash. Under a mesh the kernel
+runs per device (mesh.shard_attention). tests/test_cpu_attention.py checks values and
+gradients against attention.attention_core.
 """
 from __future__ import annotations
 
