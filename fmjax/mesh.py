@@ -103,22 +103,24 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def shard_attention(local, heads: tuple, rows: tuple = ()):
     """local(*heads, *rows) -> out [B, T, H, K], run on each device's shard. `heads` are laid
-    out [B, T, H, ...] (q, k, v; or q, k, v stacked [B, T, H, 3, K]): the batch over
-    (data, fsdp) and heads over tensor, as the logical rules shard them; `rows` (masks,
-    segment ids: batch first) split over the batch only. For attention kernels that XLA
-    cannot partition (fmjax/cpu_attention.py, fmjax/splash_attention.py). A dimension the mesh
-    axes do not divide stays whole (the batch of 1 that initialisation traces, fewer heads
-    than the tensor axis)."""
+    out [B, T, H, ...] (q, k, v; or q, k, v stacked [B, T, H, 3, K]): the batch and the heads
+    split over the mesh axes LOGICAL_RULES gives 'batch' and 'heads'; `rows` (masks, segment
+    ids: batch first) split over the batch only. For attention kernels that XLA cannot
+    partition (fmjax/cpu_attention.py, fmjax/splash_attention.py). A dimension the mesh axes
+    do not divide stays whole (the batch of 1 that initialisation traces, fewer heads than
+    the tensor axis)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return local(*heads, *rows)
+
+    def along(logical: str, size: int):  # LOGICAL_RULES' mesh axes, if they divide `size`
+        axes = dict(LOGICAL_RULES)[logical]
+        axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes or ())
+                     if a in mesh.axis_names)
+        return axes if axes and size % int(np.prod([mesh.shape[a] for a in axes])) == 0 else None
+
     b, _, h = heads[0].shape[:3]
-    batch = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
-    if b % int(np.prod([mesh.shape[a] for a in batch])):
-        batch = None
-    tensor = "tensor" if "tensor" in mesh.axis_names else None
-    if tensor and h % mesh.shape[tensor]:
-        tensor = None
+    batch, tensor = along("batch", b), along("heads", h)
     in_specs = (tuple(P(batch, None, tensor, *[None] * (x.ndim - 3)) for x in heads)
                 + tuple(P(batch, *[None] * (x.ndim - 1)) for x in rows))
     return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=P(batch, None, tensor),
