@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.param_dtype = "float32"  # storage dtype of parameters and optimizer state
     m.scan_layers = True  # nn.scan over blocks: one compiled block, fast compile for deep models
     m.remat_policy = "none"  # none | full | dots | dots_no_batch | save_qkv_proj | minimal
-    m.attention_impl = "auto"  # auto (fused_cpu, else fmjax, on CPU; xla elsewhere) | fused_cpu (C++ kernel, fmjax/cpu_attention.py) | fmjax (attention.attention_core in XLA) | xla | cudnn (jax.nn.dot_product_attention) | splash (TPU Pallas kernel, fmjax/splash_attention.py)
+    m.attention_impl = "auto"  # auto (fused_cpu, else fmjax, on CPU; xla elsewhere) | fused_cpu (C++ kernel, fmjax/cpu_attention.py) | fmjax (fmjax/attention_core.py, in XLA) | xla | cudnn (jax.nn.dot_product_attention) | splash (TPU Pallas kernel, fmjax/splash_attention.py)
     m.init_std = 0.0  # normal init std of weight matrices; 0 = family default (0.02; t5: 1.0 = multiplier of T5's fan-in stds)
     m.vocab_multiple = 1  # pad embedding rows to a multiple (speed); 1 keeps published counts
 

@@ -14,7 +14,7 @@ jaxlib ships, into `$FMJAX_CACHE_DIR` (default ~/.cache/fmjax), named by a hash 
 that affects the binary (source, compiler, flags, jax, the CPU's features), so the build runs
 once per host and version and concurrent processes do not clash. Under a mesh the kernel
 runs per device (mesh.shard_attention). tests/test_cpu_attention.py checks values and
-gradients against attention.attention_core.
+gradients against attention_core.attention_core.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax import attention
+from fmjax import attention, attention_core
 
 
 def _packed_inputs(b=2, t=128, h=3, k=16, split=50, seed=0):
@@ -33,10 +33,10 @@ def _value_and_grads(fn, q, k, v, dout):
 @pytest.mark.parametrize("blocks", [2, 4, 8])
 def test_causal_block_attention_equals_full_attention_with_gradients(blocks):
     q, k, v, dout, mask, real = _packed_inputs()
-    full = _value_and_grads(lambda q, k, v: attention.attention_core(q, k, v, mask), q, k, v,
+    full = _value_and_grads(lambda q, k, v: attention_core.attention_core(q, k, v, mask), q, k, v,
                             dout)
     skipped = _value_and_grads(
-        lambda q, k, v: attention.causal_attention(q, k, v, mask, None, blocks), q, k, v, dout)
+        lambda q, k, v: attention_core.causal_attention(q, k, v, mask, None, blocks), q, k, v, dout)
     np.testing.assert_allclose(full[0] * real, skipped[0] * real, rtol=1e-5, atol=2e-6)
     for name, a, b in zip(("dq", "dk", "dv"), full[1:], skipped[1:]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6, err_msg=name)
@@ -44,10 +44,10 @@ def test_causal_block_attention_equals_full_attention_with_gradients(blocks):
 
 def test_causal_block_attention_keeps_the_scale():
     q, k, v, dout, mask, real = _packed_inputs(t=64, split=30)
-    full = _value_and_grads(lambda q, k, v: attention.attention_core(q, k, v, mask, None, 0.5),
-                            q, k, v, dout)
-    skipped = _value_and_grads(lambda q, k, v: attention.causal_attention(q, k, v, mask, 0.5, 2),
-                               q, k, v, dout)
+    full = _value_and_grads(
+        lambda q, k, v: attention_core.attention_core(q, k, v, mask, None, 0.5), q, k, v, dout)
+    skipped = _value_and_grads(
+        lambda q, k, v: attention_core.causal_attention(q, k, v, mask, 0.5, 2), q, k, v, dout)
     for a, b in zip((full[0] * real, *full[1:]), (skipped[0] * real, *skipped[1:])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6)
 
@@ -71,11 +71,11 @@ def test_same_row_mask_hides_later_keys_whatever_the_positions():
 
 
 def test_causal_blocks_rule():
-    assert attention.causal_blocks(256) == 4
-    assert attention.causal_blocks(128) == 2
-    assert attention.causal_blocks(2048) == 8
-    assert attention.causal_blocks(64) == 1
-    assert attention.causal_blocks(100) == 1  # no even split: the plain core
+    assert attention_core.causal_blocks(256) == 4
+    assert attention_core.causal_blocks(128) == 2
+    assert attention_core.causal_blocks(2048) == 8
+    assert attention_core.causal_blocks(64) == 1
+    assert attention_core.causal_blocks(100) == 1  # no even split: the plain core
 
 
 def test_unstack_qkv_gradient_is_the_stacked_gradients():

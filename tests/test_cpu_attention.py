@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax import attention, cpu_attention, mesh as mesh_lib
+from fmjax import attention, attention_core, cpu_attention, mesh as mesh_lib
 from fmjax.config import ConfigError
 from tests.helpers import packed_batch, tiny_config
 
@@ -52,8 +52,8 @@ def _assert_matches_core(q, k, v, dout, mask, real_BT11, causal, scale=None):
     queries (no visible key) differ by design and no real token reads them: their output
     gradient is zeroed, as the loss does."""
     dout = dout * real_BT11
-    want = _value_and_grads(lambda q, k, v: attention.attention_core(q, k, v, mask, None, scale),
-                            q, k, v, dout)
+    want = _value_and_grads(
+        lambda q, k, v: attention_core.attention_core(q, k, v, mask, None, scale), q, k, v, dout)
     got = _value_and_grads(jax.jit(lambda q, k, v: cpu_attention.attention(
         q, k, v, mask, scale=scale, causal=causal)), q, k, v, dout)
     np.testing.assert_allclose(got[0] * real_BT11, want[0] * real_BT11, rtol=1e-5, atol=2e-6)

@@ -95,9 +95,9 @@ def test_bf16_compute_keeps_fp32_params():
 def test_fmjax_attention_matches_jax_nn_attention_with_gradients(family, kv, seq):
     """fmjax's attention core (hand-written backward, used on CPU) against
     jax.nn.dot_product_attention: same loss and same gradients on packed rows. At length 128
-    fmjax takes its causal block-skipping path (attention.causal_attention, 2 blocks)."""
-    from fmjax import attention, objectives
-    assert attention.causal_blocks(seq) == (2 if seq == 128 else 1)
+    fmjax takes its causal block-skipping path (attention_core.causal_attention, 2 blocks)."""
+    from fmjax import attention_core, objectives
+    assert attention_core.causal_blocks(seq) == (2 if seq == 128 else 1)
     batch = {k: jnp.asarray(v) for k, v in packed_batch(seq=seq, split=20 if seq == 32 else 90)
              .items()}
     results = []

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax import attention, mesh as mesh_lib, models, objectives, splash_attention
+from fmjax import attention, attention_core, mesh as mesh_lib, models, objectives, splash_attention
 from fmjax.config import ConfigError, validate
 from tests.helpers import packed_batch, tiny_config
 
@@ -29,7 +29,7 @@ def test_splash_matches_the_attention_core_with_gradients(causal):
     def value_and_grads(fn):
         out, vjp = jax.vjp(fn, q, k_, v)
         return (out * real, *vjp(dout))
-    ref = value_and_grads(lambda q, k, v: attention.attention_core(q, k, v, mask))
+    ref = value_and_grads(lambda q, k, v: attention_core.attention_core(q, k, v, mask))
     got = value_and_grads(lambda q, k, v: splash_attention.attention(q, k, v, seg, causal=causal))
     for name, a, b_ in zip(("out", "dq", "dk", "dv"), ref, got):
         np.testing.assert_allclose(a, b_, rtol=1e-5, atol=5e-6, err_msg=name)
