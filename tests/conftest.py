@@ -2,6 +2,7 @@
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -9,27 +10,105 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-# A JAX persistent compilation cache for the CLI subprocesses the tests start (`python -m
-# fmjax.train ...`): dozens of them compile the same tiny models, and a hit loads the executable
-# a fresh compile would produce (same losses to the bit). One directory per session, made by the
-# first pytest process and inherited by xdist workers and their subprocesses; removed at exit.
-# The test processes themselves compile as before (jax reads the variable at import, below).
+# A JAX persistent compilation cache for the test processes and the CLI subprocesses they start
+# (`python -m fmjax.train ...`): they compile the same tiny models again and again (every
+# engine's parameter init, the same train step in several tests and CLI runs), and a hit loads
+# the executable a fresh compile would produce (same losses to the bit). One directory per
+# session, made by the first pytest process and inherited by xdist workers and their
+# subprocesses; removed at exit. (The pre-flight CLI tests drop the variable: they report what
+# a fresh compile measures.)
 _CACHE = "FMJAX_TEST_COMPILATION_CACHE"
 if _CACHE not in os.environ:
     os.environ[_CACHE] = tempfile.mkdtemp(prefix="fmjax-test-jax-cache-")
     atexit.register(shutil.rmtree, os.environ[_CACHE], ignore_errors=True)
-if os.environ.get("JAX_COMPILATION_CACHE_DIR") == os.environ[_CACHE]:
-    del os.environ["JAX_COMPILATION_CACHE_DIR"]  # an xdist worker: not for this process
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_CACHE]
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
-import jax  # noqa: E402  (after XLA_FLAGS)
+# The processes the tests start (CLIs, probes, notebook kernels) run without torch, like fmjax
+# outside the test extra: fmjax never imports it, but tensorboardX (the metrics writer) imports
+# it whenever it is installed, ~1.5 CPU-seconds of every train and fine-tune run. The test extra
+# installs torch only for the in-process Hugging Face parity tests. A directory whose `torch`
+# fails to import goes first on PYTHONPATH for child processes; this process and the xdist
+# workers (which inherit the variable) take it off their own sys.path.
+_NO_TORCH = "FMJAX_TEST_NO_TORCH_DIR"
+if _NO_TORCH not in os.environ:
+    os.environ[_NO_TORCH] = tempfile.mkdtemp(prefix="fmjax-test-no-torch-")
+    atexit.register(shutil.rmtree, os.environ[_NO_TORCH], ignore_errors=True)
+    os.makedirs(os.path.join(os.environ[_NO_TORCH], "torch"))
+    with open(os.path.join(os.environ[_NO_TORCH], "torch", "__init__.py"), "w") as f:
+        f.write("raise ImportError('torch is hidden from the processes the tests start "
+                "(tests/conftest.py)')\n")
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (os.environ[_NO_TORCH], os.environ.get("PYTHONPATH")) if p)
+sys.path[:] = [p for p in sys.path if p != os.environ[_NO_TORCH]]
+
+import jax  # noqa: E402  (after XLA_FLAGS and the cache variables)
 import pytest  # noqa: E402
 
 assert jax.device_count() == 8, "tests expect 8 fake CPU devices"
-os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_CACHE]  # for subprocesses only
-os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     """One TFDS cache for the whole session (the stdlib corpus is built once)."""
     return str(tmp_path_factory.mktemp("tfds"))
+
+
+# ------------------------------------------------- scheduling over the xdist workers (-n 2)
+
+# `--dist loadfile` hands whole files to the workers, and xdist queues the files with the most
+# tests first: the slowest files (a few long CLI tests each) came last and ran on one worker
+# while the other idled. These go first, slowest first (measured on a 2-core machine); the rest
+# follow in xdist's order. Paths are relative to tests/. A stale list costs balance, not results.
+SLOWEST_FIRST = (
+    "e2e/test_train_cli.py",  # with test_finetune_cli.py and test_notebooks.py, see below
+    "e2e/test_families_cli.py",
+    "test_preflight.py",
+    "e2e/test_preemption.py",
+    "test_convert.py",
+    "e2e/test_multiprocess.py",
+    "test_encoder_models.py",
+    "test_sharding.py",
+    "test_cpu_attention.py",
+    "test_models.py",
+    "test_step.py",
+    "test_checkpoint.py",
+)
+# Files that use the session's trained workdirs (`full_run`, `finetune_run` in
+# tests/e2e/conftest.py) run on one worker, so that those CLI runs happen once, not per worker.
+SAME_WORKER_AS = {"e2e/test_finetune_cli.py": "e2e/test_train_cli.py",
+                  "e2e/test_notebooks.py": "e2e/test_train_cli.py"}
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+    if not all(hasattr(LoadFileScheduling, name) for name in ("_split_scope",
+                                                               "_assign_work_unit")):
+        return None  # an xdist without these internals: its own order (slower, same results)
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+
+    def relative(scope):  # a node id's file, relative to tests/
+        return os.path.relpath(os.path.join(str(config.rootpath), scope), tests_dir)
+
+    class Scheduling(LoadFileScheduling):
+        ordered = False
+
+        def _split_scope(self, nodeid):
+            path = super()._split_scope(nodeid)
+            owner = SAME_WORKER_AS.get(relative(path))
+            return path if owner is None else os.path.relpath(
+                os.path.join(tests_dir, owner), str(config.rootpath))
+
+        def _assign_work_unit(self, node):
+            if not self.ordered:  # the first assignment: the whole queue is known
+                rank = {path: i for i, path in enumerate(SLOWEST_FIRST)}
+                for scope in sorted(self.workqueue,
+                                    key=lambda s: rank.get(relative(s), len(rank))):
+                    self.workqueue.move_to_end(scope)
+                self.ordered = True
+            super()._assign_work_unit(node)
+
+    return Scheduling(config, log)

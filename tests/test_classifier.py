@@ -109,7 +109,7 @@ def test_sentence_pair_token_types_reach_bert_and_are_ignored_by_decoders():
         objective = objectives.get(config)
         classifier, _ = build_classifier(config, NUM_CLASSES)
         params = nn.unbox(_boxed(classifier))
-        logits = [np.asarray(classifier.apply({"params": params},
-                                              **objective.transform(batch)["inputs"]))
+        logits = [np.asarray(jax.jit(classifier.apply)({"params": params},
+                                                       **objective.transform(batch)["inputs"]))
                   for batch in (pair, single)]
         assert (np.abs(logits[0] - logits[1]).max() > 1e-4) == differs, family

@@ -87,7 +87,7 @@ def fmjax_model(ckpt):
 
 
 def fm_logits(model, params, ids):
-    return np.asarray(model.apply({"params": params}, jnp.asarray(ids, jnp.int32)))
+    return np.asarray(jax.jit(model.apply)({"params": params}, jnp.asarray(ids, jnp.int32)))
 
 
 def token_ids(seed=0, shape=(2, 24)):

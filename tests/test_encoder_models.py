@@ -225,7 +225,8 @@ def test_scanned_layers_equal_unrolled_with_the_same_params(family):
     assert jax.tree.map(jnp.shape, stacked) == jax.tree.map(jnp.shape, scanned_params)
     inputs = _inputs(family)
     expected = np.asarray(unrolled(*inputs))
-    np.testing.assert_allclose(np.asarray(scanned_model.apply({"params": stacked}, *inputs)),
+    np.testing.assert_allclose(np.asarray(jax.jit(scanned_model.apply)({"params": stacked},
+                                                                       *inputs)),
                                expected, rtol=1e-5, atol=1e-5)
 
 

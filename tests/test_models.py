@@ -29,25 +29,24 @@ def test_info_breakdown_sums_to_total():
 
 def _init(config):
     model, cfg = models.build(config)
-    params = nn.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros((1, cfg.seq_len), jnp.int32))
-                      ["params"])
+    params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0),
+                                          jnp.zeros((1, cfg.seq_len), jnp.int32))["params"])
     return model, params
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_packed_documents_do_not_attend_to_each_other(family):
     model, params = _init(tiny_config(family, init_std=0.2))
+    apply = jax.jit(lambda *args: model.apply({"params": params}, *args))
     batch = packed_batch()
-    logits = model.apply({"params": params}, batch["tokens"], batch["segment_ids"],
-                         batch["positions"])
+    logits = apply(batch["tokens"], batch["segment_ids"], batch["positions"])
     changed = dict(batch, tokens=batch["tokens"].copy())
     changed["tokens"][:, :20] = (changed["tokens"][:, :20] + 7) % 128  # rewrite document A
-    logits2 = model.apply({"params": params}, changed["tokens"], changed["segment_ids"],
-                          changed["positions"])
+    logits2 = apply(changed["tokens"], changed["segment_ids"], changed["positions"])
     np.testing.assert_allclose(logits[:, 20:], logits2[:, 20:], rtol=1e-5, atol=1e-5)
     assert np.abs(logits[:, :20] - logits2[:, :20]).max() > 1e-3  # document A did change
     # document B alone, unpacked, gives the same logits as inside the packed row
-    alone = model.apply({"params": params}, batch["tokens"][:, 20:])
+    alone = apply(batch["tokens"][:, 20:])
     np.testing.assert_allclose(logits[:, 20:], alone, rtol=1e-4, atol=1e-5)
 
 
@@ -59,7 +58,8 @@ def test_kv_cache_greedy_equals_full_recompute(family, scan):
     model, params = _init(config)
     prompt = jnp.asarray([[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]], jnp.int32)
     cached = sampling.generate(model, params, prompt, jax.random.PRNGKey(0), max_new_tokens=16)
-    reference = sampling.greedy_without_cache(model, params, prompt, 16)
+    reference = jax.jit(sampling.greedy_without_cache, static_argnums=(0, 3))(model, params,
+                                                                              prompt, 16)
     np.testing.assert_array_equal(np.asarray(cached), np.asarray(reference))
     assert len(set(np.asarray(cached)[0].tolist())) > 1  # not a degenerate constant output
 
@@ -87,7 +87,7 @@ def test_bf16_compute_keeps_fp32_params():
     config = tiny_config("llama", dtype="bfloat16", param_dtype="float32")
     model, params = _init(config)
     assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype("float32")}
-    logits = model.apply({"params": params}, jnp.ones((2, 32), jnp.int32))
+    logits = jax.jit(model.apply)({"params": params}, jnp.ones((2, 32), jnp.int32))
     assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
 
 
@@ -111,7 +111,7 @@ def test_fmjax_attention_matches_jax_nn_attention_with_gradients(family, kv, seq
             logits = model.apply({"params": p}, **example["inputs"])
             ce, _, w = objectives.cross_entropy(logits, example["targets"], example["weights"])
             return ce / w
-        results.append(jax.value_and_grad(loss)(params))
+        results.append(jax.jit(jax.value_and_grad(loss))(params))
     (loss_a, grads_a), (loss_b, grads_b) = results
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
