@@ -7,7 +7,8 @@
 #
 #   N                      processes to start (ids 0..N-1)
 #   --devices_per_process  CPU devices each process sees (default 4), through
-#                          XLA_FLAGS=--xla_force_host_platform_device_count=K, JAX_PLATFORMS=cpu
+#                          XLA_FLAGS=--xla_force_host_platform_device_count=K (after any
+#                          XLA_FLAGS of the caller's, which every process keeps), JAX_PLATFORMS=cpu
 #   --module               the entry point, `python -m MODULE ARGS...` (default fmjax.train;
 #                          fmjax.finetune also works)
 #   --dry_run              print every command with its environment, run nothing, exit 0
@@ -58,17 +59,20 @@ else
     || { echo "local.sh: could not pick a free port with $PYTHON" >&2; exit 1; }
 fi
 
-env_of() {  # the environment of process $1, one VAR=value per word
-  printf '%s ' JAX_PLATFORMS=cpu \
-    "XLA_FLAGS=--xla_force_host_platform_device_count=$DEVICES" \
-    "FMJAX_COORDINATOR_ADDRESS=127.0.0.1:$PORT" "FMJAX_NUM_PROCESSES=$NUM" \
-    "FMJAX_PROCESS_ID=$1"
+env_of() {  # the environment of process $1: VAR=value words into the array ENV_OF
+  ENV_OF=(JAX_PLATFORMS=cpu
+          "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$DEVICES"
+          "FMJAX_COORDINATOR_ADDRESS=127.0.0.1:$PORT" "FMJAX_NUM_PROCESSES=$NUM"
+          "FMJAX_PROCESS_ID=$1")
 }
 
 if [ "$DRY_RUN" = 1 ]; then
   i=0
   while [ "$i" -lt "$NUM" ]; do
-    printf '[p%s] env %s%q -m %q' "$i" "$(env_of "$i")" "$PYTHON" "$MODULE"
+    env_of "$i"
+    printf '[p%s] env' "$i"
+    printf ' %q' "${ENV_OF[@]}" "$PYTHON"
+    printf ' -m %q' "$MODULE"
     [ $# -gt 0 ] && printf ' %q' "$@"
     printf '\n'
     i=$((i + 1))
@@ -82,8 +86,8 @@ set -m  # each process in its own process group: a terminal's Ctrl-C reaches onl
 PIDS=()
 i=0
 while [ "$i" -lt "$NUM" ]; do
-  # shellcheck disable=SC2046  (env_of's words are VAR=value pairs without spaces)
-  env $(env_of "$i") "$PYTHON" -m "$MODULE" "$@" > >(prefix "$i") 2>&1 &
+  env_of "$i"
+  env "${ENV_OF[@]}" "$PYTHON" -m "$MODULE" "$@" > >(prefix "$i") 2>&1 &
   PIDS+=("$!")
   i=$((i + 1))
 done

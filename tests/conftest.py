@@ -5,8 +5,10 @@ import shutil
 import sys
 import tempfile
 
+from tests.helpers import FAST_COMPILE_XLA_FLAGS  # (imports no jax)
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+                           " --xla_force_host_platform_device_count=8 " +
+                           FAST_COMPILE_XLA_FLAGS).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

@@ -1,7 +1,26 @@
-"""Tiny configs and batches shared by the tests."""
+"""Tiny configs, batches and child-process environments shared by the tests."""
+import os
+
 import numpy as np
 
 from fmjax.config import base_config
+
+
+# XLA:CPU settings every test process compiles with (tests/conftest.py), and the CLI processes
+# the tests start (`cpu_env`): the classic elemental emitters at LLVM -O0 compile 2-4x faster
+# than the default fusion emitters at -O2, and the suite is mostly compiles of tiny models
+# (measured: 553 of 773 CPU-seconds in the test processes; 214 with these flags). The code
+# under test is the same; XLA's kernels run slower and may round differently, so a test
+# compares results compiled under the same flags, as every test here does. The main job, the
+# benchmarks and users' runs keep XLA's defaults, and tests/test_xla_defaults.py checks that a
+# train step compiled with those trains like this one.
+FAST_COMPILE_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0"
+
+
+def cpu_env(devices: int, **extra) -> dict:
+    """The environment of a CLI child process with `devices` CPU devices."""
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
+        f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE_XLA_FLAGS}"), **extra)
 
 
 def tiny_config(family="gpt2", **model):

@@ -19,6 +19,7 @@ import pytest
 from fmjax import checkpoint
 from tests.e2e.test_preemption import ledger, per_step
 from tests.e2e.test_train_cli import ROOT, TINY
+from tests.helpers import FAST_COMPILE_XLA_FLAGS, cpu_env
 
 LAUNCHER = os.path.join(ROOT, "launch", "local.sh")
 STEPS = 20
@@ -29,15 +30,11 @@ RUN = [*TINY, *MESH, f"--config.train.steps={STEPS}", "--config.train.log_every=
        "--config.train.sample_tokens=4"]
 
 
-def env8():
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-                JAX_PLATFORMS="cpu")
-
-
-def launcher_env():
-    env = dict(os.environ, PYTHON=sys.executable)
-    for key in ("XLA_FLAGS", "JAX_PLATFORMS"):  # the launcher sets them per process
-        env.pop(key, None)
+def launcher_env(xla_flags=FAST_COMPILE_XLA_FLAGS):
+    """The launcher sets JAX_PLATFORMS and the device count per process; it keeps the
+    caller's other XLA_FLAGS (here the suite's, so that its runs compile like `cpu_env`'s)."""
+    env = dict(os.environ, PYTHON=sys.executable, XLA_FLAGS=xla_flags)
+    env.pop("JAX_PLATFORMS")
     return env
 
 
@@ -74,7 +71,7 @@ def reference(tmp_path_factory, data_dir):
     before several processes read it)."""
     workdir = str(tmp_path_factory.mktemp("mp_reference"))
     result = subprocess.run([sys.executable, "-m", "fmjax.train", *RUN, f"--workdir={workdir}",
-                             f"--config.data.tfds_data_dir={data_dir}"], cwd=ROOT, env=env8(),
+                             f"--config.data.tfds_data_dir={data_dir}"], cwd=ROOT, env=cpu_env(8),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return per_step(workdir), ledger(workdir)
@@ -108,7 +105,7 @@ def test_two_processes_killed_resumed_on_two_then_one_equal_one_process(
     assert first < second < STEPS and latest_step(workdir) == second
 
     # resumed as 1 process with 8 devices, to the end
-    result = subprocess.run([sys.executable, "-m", "fmjax.train", *args], cwd=ROOT, env=env8(),
+    result = subprocess.run([sys.executable, "-m", "fmjax.train", *args], cwd=ROOT, env=cpu_env(8),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"resumed from step {second}" in result.stdout and "validation loss" in result.stdout
@@ -132,14 +129,19 @@ def test_two_processes_killed_resumed_on_two_then_one_equal_one_process(
     print(f"largest relative loss difference to the 1-process run: {worst:.2e}")
 
 
-def test_dry_run_prints_every_command_with_its_environment():
+def dry_run(env):
     result = subprocess.run(["bash", LAUNCHER, "3", "--devices_per_process=2",
                              "--module=fmjax.finetune", "--dry_run", "--",
                              "--config=configs/default.py", "--workdir=/tmp/a b"],
-                            cwd=ROOT, env=launcher_env(), capture_output=True, text=True,
-                            timeout=30)
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
+    return result.stdout.strip().splitlines()
+
+
+def test_dry_run_prints_every_command_with_its_environment():
+    env = launcher_env()
+    env.pop("XLA_FLAGS")
+    lines = dry_run(env)
     assert len(lines) == 3
     for i, line in enumerate(lines):
         assert line.startswith(f"[p{i}] env JAX_PLATFORMS=cpu "
@@ -149,6 +151,11 @@ def test_dry_run_prints_every_command_with_its_environment():
         assert line.endswith(" -m fmjax.finetune --config=configs/default.py "
                              "--workdir=/tmp/a\\ b")
         assert sys.executable in line
+    # the caller's XLA_FLAGS reach every process, the launcher's device count after them
+    lines = dry_run(launcher_env(xla_flags="--xla_dump_to=/tmp/d --xla_cpu_enable_fast_math"))
+    for line in lines:
+        assert (" XLA_FLAGS=--xla_dump_to=/tmp/d\\ --xla_cpu_enable_fast_math\\ "
+                "--xla_force_host_platform_device_count=2 ") in line
 
 
 def test_a_failing_process_stops_the_others_and_the_launcher_fails(tmp_path):
@@ -183,9 +190,8 @@ def test_processes_with_different_configs_stop_at_startup_naming_it(tmp_path, re
                           capture_output=True, text=True).stdout.strip()
     procs = []
     for i in (0, 1):
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-                   JAX_PLATFORMS="cpu", FMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                   FMJAX_NUM_PROCESSES="2", FMJAX_PROCESS_ID=str(i))
+        env = cpu_env(4, FMJAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                      FMJAX_NUM_PROCESSES="2", FMJAX_PROCESS_ID=str(i))
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "fmjax.train", *RUN, f"--workdir={tmp_path}",
              f"--config.data.tfds_data_dir={data_dir}", f"--config.seed={i}"],

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from tests.e2e.test_train_cli import ROOT, TINY, metrics
+from tests.helpers import cpu_env
 
 EXPLODE = ["--config.optim.learning_rate=1e12", "--config.optim.warmup_steps=0",
            "--config.train.log_every=1", "--config.train.checkpoint_every=1",
@@ -12,8 +13,7 @@ EXPLODE = ["--config.optim.learning_rate=1e12", "--config.optim.warmup_steps=0",
 
 
 def run_train(workdir, data_dir, *extra):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")
+    env = cpu_env(2)
     return subprocess.run([sys.executable, "-m", "fmjax.train", *TINY, *EXPLODE,
                            f"--workdir={workdir}", f"--config.data.tfds_data_dir={data_dir}",
                            *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -13,6 +13,7 @@ import pytest
 
 from fmjax import checkpoint
 from tests.e2e.test_train_cli import ROOT, TINY, cli
+from tests.helpers import cpu_env
 
 STEPS = 30
 RUN = [*TINY, f"--config.train.steps={STEPS}", "--config.train.log_every=1",
@@ -22,8 +23,7 @@ RUN = [*TINY, f"--config.train.steps={STEPS}", "--config.train.log_every=1",
 
 def run_until(args, step, sig, timeout=300):
     """Starts the CLI, sends `sig` when it prints the progress line of `step`, waits for it."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")
+    env = cpu_env(2)
     proc = subprocess.Popen([sys.executable, "-m", "fmjax.train", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []

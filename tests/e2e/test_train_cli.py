@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 
+from tests.helpers import cpu_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = [
     "--config=configs/default.py",
@@ -21,8 +23,7 @@ TINY = [
 
 
 def cli(module, *args, timeout=300):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")
+    env = cpu_env(2)
     result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
