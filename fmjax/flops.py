@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 # Dense bf16 peak FLOP/s per chip, from vendor spec sheets.
@@ -96,8 +95,9 @@ class CpuMatmulPeak:
         mm = jax.jit(lambda x, y: x @ y)
         self._cases = []
         for n in sizes:
-            a, b = (jax.device_put(jnp.asarray(rng.standard_normal((n, n)), jnp.float32), dev)
-                    for _ in range(2))
+            # uniform [0, 1) float32: the product's speed does not depend on the values, and
+            # it draws 15x faster than normal float64 (0.3 s of every CLI start before)
+            a, b = (jax.device_put(rng.random((n, n), dtype=np.float32), dev) for _ in range(2))
             mm(a, b).block_until_ready()  # compile + warm up
             self._cases.append((n, a, b, mm))
         self.best = 0.0
