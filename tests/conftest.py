@@ -2,10 +2,10 @@
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 
 from tests.helpers import FAST_COMPILE_XLA_FLAGS  # (imports no jax)
+
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8 " +
                            FAST_COMPILE_XLA_FLAGS).strip()
@@ -25,24 +25,6 @@ if _CACHE not in os.environ:
     atexit.register(shutil.rmtree, os.environ[_CACHE], ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[_CACHE]
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-
-# The processes the tests start (CLIs, probes, notebook kernels) run without torch, like fmjax
-# outside the test extra: fmjax never imports it, but tensorboardX (the metrics writer) imports
-# it whenever it is installed, ~1.5 CPU-seconds of every train and fine-tune run. The test extra
-# installs torch only for the in-process Hugging Face parity tests. A directory whose `torch`
-# fails to import goes first on PYTHONPATH for child processes; this process and the xdist
-# workers (which inherit the variable) take it off their own sys.path.
-_NO_TORCH = "FMJAX_TEST_NO_TORCH_DIR"
-if _NO_TORCH not in os.environ:
-    os.environ[_NO_TORCH] = tempfile.mkdtemp(prefix="fmjax-test-no-torch-")
-    atexit.register(shutil.rmtree, os.environ[_NO_TORCH], ignore_errors=True)
-    os.makedirs(os.path.join(os.environ[_NO_TORCH], "torch"))
-    with open(os.path.join(os.environ[_NO_TORCH], "torch", "__init__.py"), "w") as f:
-        f.write("raise ImportError('torch is hidden from the processes the tests start "
-                "(tests/conftest.py)')\n")
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (os.environ[_NO_TORCH], os.environ.get("PYTHONPATH")) if p)
-sys.path[:] = [p for p in sys.path if p != os.environ[_NO_TORCH]]
 
 import jax  # noqa: E402  (after XLA_FLAGS and the cache variables)
 import pytest  # noqa: E402
