@@ -42,6 +42,26 @@ def tiny_config(family="gpt2", **model):
     return c
 
 
+def model_loss_and_grads(config, batch):
+    """(mean next-token cross-entropy, its gradients) of `config`'s model on `batch`, params
+    from PRNGKey(0); jitted. (jax is imported here: conftest imports this module first.)"""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from fmjax import models, objectives
+    model, cfg = models.build(config)
+    params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0),
+                                          jnp.zeros((1, cfg.seq_len), jnp.int32))["params"])
+    example = objectives.get(config).transform(batch, None)
+
+    def loss(p):
+        logits = model.apply({"params": p}, **example["inputs"])
+        ce, _, w = objectives.cross_entropy(logits, example["targets"], example["weights"])
+        return ce / w
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+
 def packed_batch(batch=8, seq=32, vocab=128, seed=0, split=20):
     """Rows holding two documents: [0, split) and [split, seq)."""
     rng = np.random.default_rng(seed)

@@ -15,7 +15,7 @@ import pytest
 
 from fmjax import attention, attention_core, cpu_attention, mesh as mesh_lib
 from fmjax.config import ConfigError
-from tests.helpers import packed_batch, tiny_config
+from tests.helpers import model_loss_and_grads, packed_batch, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -148,29 +148,13 @@ def test_results_are_bitwise_deterministic():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def _loss_and_grads(config, batch):
-    import flax.linen as nn
-
-    from fmjax import models, objectives
-    model, cfg = models.build(config)
-    params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, cfg.seq_len), jnp.int32))
-                      ["params"])
-    example = objectives.get(config).transform(batch, None)
-
-    def loss(p):
-        logits = model.apply({"params": p}, **example["inputs"])
-        ce, _, w = objectives.cross_entropy(logits, example["targets"], example["weights"])
-        return ce / w
-    return jax.jit(jax.value_and_grad(loss))(params)
-
-
 @pytest.mark.parametrize("family,kv", [("gpt2", 0), ("llama", 2)])
 def test_models_with_the_kernel_match_fmjax_xla_attention(family, kv):
     """Whole models on packed rows: same loss and gradients as fmjax's XLA attention core;
     `auto` on CPU is the kernel. gpt2 feeds it the stacked q/k/v projection, llama (RoPE,
     grouped-query) separate arrays."""
     batch = {k: jnp.asarray(v) for k, v in packed_batch(seq=64, split=40).items()}
-    results = {impl: _loss_and_grads(tiny_config(family, init_std=0.2, attention_impl=impl,
+    results = {impl: model_loss_and_grads(tiny_config(family, init_std=0.2, attention_impl=impl,
                                                  n_kv_heads=kv, seq_len=64, d_model=128),
                                      batch)
                for impl in ("fmjax", "fused_cpu", "auto")}
@@ -184,9 +168,9 @@ def test_models_with_the_kernel_match_fmjax_xla_attention(family, kv):
 def test_fused_cpu_refuses_what_it_cannot_run_and_names_the_fix():
     batch = {k: jnp.asarray(v) for k, v in packed_batch(seq=32).items()}
     with pytest.raises(ConfigError, match="fused_cpu.*bfloat16.*attention_impl=fmjax"):
-        _loss_and_grads(tiny_config(attention_impl="fused_cpu", dtype="bfloat16"), batch)
+        model_loss_and_grads(tiny_config(attention_impl="fused_cpu", dtype="bfloat16"), batch)
     with pytest.raises(ConfigError, match="fused_cpu.*key length 40 must be multiples of 16"):
-        _loss_and_grads(tiny_config(attention_impl="fused_cpu", seq_len=40, d_model=128),
+        model_loss_and_grads(tiny_config(attention_impl="fused_cpu", seq_len=40, d_model=128),
                         {k: jnp.asarray(v) for k, v in packed_batch(seq=40).items()})
 
 
@@ -201,18 +185,18 @@ def test_build_is_cached_and_a_missing_compiler_falls_back(tmp_path, monkeypatch
 
     batch = {k: jnp.asarray(v) for k, v in packed_batch(seq=32).items()}
     config = tiny_config(init_std=0.2, d_model=128)
-    with_kernel = _loss_and_grads(config, batch)[0]
+    with_kernel = model_loss_and_grads(config, batch)[0]
     monkeypatch.setenv("CXX", str(tmp_path / "missing"))
     monkeypatch.setenv("PATH", str(tmp_path))  # no c++, g++ or clang++ either
     monkeypatch.setattr(cpu_attention, "unavailable",
                         cpu_attention.unavailable.__wrapped__)  # not the cached answer
     assert "no C++ compiler" in cpu_attention.unavailable()
     with caplog.at_level("WARNING"):
-        without = _loss_and_grads(config, batch)[0]
+        without = model_loss_and_grads(config, batch)[0]
     assert "no C++ compiler" in caplog.text
     np.testing.assert_allclose(without, with_kernel, rtol=1e-6)
     with pytest.raises(ConfigError, match="no C\\+\\+ compiler.*attention_impl=fmjax"):
-        _loss_and_grads(tiny_config(attention_impl="fused_cpu", d_model=128), batch)
+        model_loss_and_grads(tiny_config(attention_impl="fused_cpu", d_model=128), batch)
 
 
 def test_concurrent_calls_finish():

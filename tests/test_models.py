@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fmjax import info, models, sampling
-from tests.helpers import packed_batch, tiny_config
+from tests.helpers import model_loss_and_grads, packed_batch, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,23 +96,14 @@ def test_fmjax_attention_matches_jax_nn_attention_with_gradients(family, kv, seq
     """fmjax's attention core (hand-written backward, used on CPU) against
     jax.nn.dot_product_attention: same loss and same gradients on packed rows. At length 128
     fmjax takes its causal block-skipping path (attention_core.causal_attention, 2 blocks)."""
-    from fmjax import attention_core, objectives
+    from fmjax import attention_core
     assert attention_core.causal_blocks(seq) == (2 if seq == 128 else 1)
     batch = {k: jnp.asarray(v) for k, v in packed_batch(seq=seq, split=20 if seq == 32 else 90)
              .items()}
-    results = []
-    for impl in ("fmjax", "xla"):
-        config = tiny_config(family, init_std=0.2, attention_impl=impl, n_kv_heads=kv,
-                             seq_len=seq)
-        model, params = _init(config)
-        example = objectives.get(config).transform(batch, None)
-
-        def loss(p):
-            logits = model.apply({"params": p}, **example["inputs"])
-            ce, _, w = objectives.cross_entropy(logits, example["targets"], example["weights"])
-            return ce / w
-        results.append(jax.jit(jax.value_and_grad(loss))(params))
-    (loss_a, grads_a), (loss_b, grads_b) = results
+    (loss_a, grads_a), (loss_b, grads_b) = (
+        model_loss_and_grads(tiny_config(family, init_std=0.2, attention_impl=impl,
+                                         n_kv_heads=kv, seq_len=seq), batch)
+        for impl in ("fmjax", "xla"))
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
