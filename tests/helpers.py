@@ -7,8 +7,8 @@ from fmjax.config import base_config
 
 
 # XLA:CPU settings every test process compiles with (tests/conftest.py), and the CLI processes
-# the tests start (`cpu_env`): the classic elemental emitters at LLVM -O0 compile 2-4x faster
-# than the default fusion emitters at -O2, and the suite is mostly compiles of tiny models
+# the tests start (`cpu_env`): the classic elemental emitters at LLVM -O0 compile 3-4x faster
+# than the default fusion emitters at -O3, and the suite is mostly compiles of tiny models
 # (measured: 553 of 773 CPU-seconds in the test processes; 214 with these flags). The code
 # under test is the same; XLA's kernels run slower and may round differently, so a test
 # compares results compiled under the same flags, as every test here does. The main job, the
