@@ -2,8 +2,11 @@
 import importlib.util
 import json
 import os
+import struct
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,4 +33,18 @@ def test_writes_jsonl_and_events_without_loading_torch(tmp_path):
     assert rows == [{"step": 1, "loss": 2.5, "learning_rate": 1e-3}]
     events = os.listdir(tmp_path / "tensorboard")
     assert len(events) == 1 and events[0].startswith("events.out.tfevents")
-    assert os.path.getsize(tmp_path / "tensorboard" / events[0]) > 0
+    scalars = {(e.step, v.tag): v.simple_value
+               for e in read_events(tmp_path / "tensorboard" / events[0]) for v in e.summary.value}
+    assert scalars == {(1, "loss"): 2.5, (1, "learning_rate"): pytest.approx(1e-3)}
+
+
+def read_events(path):
+    """The Event records of a TensorBoard event file (TFRecord framing: length, its CRC, data,
+    its CRC)."""
+    from tensorboardX.proto.event_pb2 import Event
+    data, records, at = open(path, "rb").read(), [], 0
+    while at < len(data):
+        (length,) = struct.unpack("<Q", data[at:at + 8])
+        records.append(Event.FromString(data[at + 12:at + 12 + length]))
+        at += 12 + length + 4
+    return records
