@@ -13,14 +13,14 @@ def _summary_writer_class():
     """tensorboardX's SummaryWriter, imported with torch hidden unless torch is already loaded:
     tensorboardX imports torch whenever it is installed (1.7 s and ~300 MB at every start) only
     to accept torch tensors, and fmjax logs Python floats. `import torch` works again after."""
-    if "torch" in sys.modules or "tensorboardX.writer" in sys.modules:
-        from tensorboardX import SummaryWriter
-        return SummaryWriter
-    sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX expects
     try:
         from tensorboardX import SummaryWriter
     finally:
-        del sys.modules["torch"]
+        if hide:
+            del sys.modules["torch"]
     return SummaryWriter
 
 
