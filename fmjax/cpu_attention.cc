@@ -9,123 +9,19 @@
 // time. fmjax/cpu_attention.py builds this file with the host's C++ compiler and binds it;
 // tests/test_cpu_attention.py checks it against fmjax's XLA attention.
 //
-// The matmuls are register-tiled panels over GCC/Clang vector extensions (no intrinsics):
-// a tile of MR rows x NV vectors of C stays in registers while A's entries are broadcast and
-// B's rows are loaded as vectors. Rows of B and C must be whole vectors: K and S are
-// multiples of W (the Python side checks). Queries that see no key get zeros.
-#include <algorithm>
-#include <array>
-#include <atomic>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <memory>
-#include <thread>
-#include <vector>
-
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+// The matmul panels, exp and thread pool loop are fmjax/cpu_kernels.h's. Queries that see no
+// key get zeros; K and S are multiples of W (the Python side checks).
+#include "cpu_kernels.h"
 
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int W = 16;  // floats per vector
-constexpr int MR = 6;  // rows per register tile: MR * NV accumulators of 32 registers
-#elif defined(__AVX__)
-constexpr int W = 8;
-constexpr int MR = 3;  // 16 registers
-#elif defined(__aarch64__)
-constexpr int W = 4;
-constexpr int MR = 6;  // 32 registers
-#else
-constexpr int W = 4;
-constexpr int MR = 3;
-#endif
-constexpr int NV = 4;    // vectors per tile row
 constexpr int QB = 64;   // query rows per block: the block's scores stay in cache
 
-typedef float vf __attribute__((vector_size(W * sizeof(float))));
-typedef int32_t vi __attribute__((vector_size(W * sizeof(int32_t))));
-typedef int8_t vb __attribute__((vector_size(W)));
-
-inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
-inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-inline vf splat(float x) { return vf{} + x; }
 inline vi visible(const bool* m) {  // lanes -1 where the mask is set (bytes 1), else 0
   vb b;
   std::memcpy(&b, m, sizeof b);
   return __builtin_convertvector(-b, vi);  // one sign-extending load (b != 0 is scalarised)
 }
-
-// exp(x) to ~1 ulp, clamped to [-87, 88]: 2^n * e^r, |r| <= ln2 / 2, degree-6 Taylor polynomial.
-inline vf vexp(vf x) {
-  x = x < -87.0f ? splat(-87.0f) : x;
-  x = x > 88.0f ? splat(88.0f) : x;  // masked scores: finite, then zeroed
-  const vf shift = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  vf t = x * 1.44269504f + shift;
-  vf n = t - shift;
-  vi bits;
-  std::memcpy(&bits, &t, sizeof bits);
-  bits = (bits - 0x4B400000 + 127) << 23;  // 2^n
-  vf r = x - n * 0.693145752f - n * 1.42860677e-6f;
-  vf p = splat(1.0f / 720);
-  p = p * r + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  vf scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
-// C[r, n0:n0+NVT*W] (+)= alpha * sum_{p0 <= p < p1} a_rows[r][p * ap] * B[p * ldb + n0:...]
-template <int NVT>
-inline void tile(const float* const* a_rows, long ap, int p0, int p1, const float* B, long ldb,
-                 float* const* c_rows, int rows, int n0, float alpha, bool accumulate) {
-  vf c[MR][NVT];
-  for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NVT; ++v) c[r][v] = vf{};
-  for (int p = p0; p < p1; ++p) {
-    const float* b = B + p * ldb + n0;
-    vf bv[NVT];
-    for (int v = 0; v < NVT; ++v) bv[v] = load(b + v * W);
-    for (int r = 0; r < MR; ++r) {
-      const float a = a_rows[r][p * ap];
-      for (int v = 0; v < NVT; ++v) c[r][v] += a * bv[v];
-    }
-  }
-  for (int r = 0; r < rows; ++r)
-    for (int v = 0; v < NVT; ++v) {
-      float* out = c_rows[r] + n0 + v * W;
-      vf x = c[r][v] * alpha;
-      store(out, accumulate ? x + load(out) : x);
-    }
-}
-
-// C[r, n] (+)= alpha * sum_{p0 <= p < p1} A[r * as + p * ap] * B[p * ldb + n] for r < rows
-// (at most MR) and n < N (a multiple of W).
-void panel(int rows, int N, int p0, int p1, const float* A, long as, long ap, const float* B,
-           long ldb, float* C, long ldc, float alpha, bool accumulate) {
-  const float* a_rows[MR];
-  float* c_rows[MR];
-  for (int r = 0; r < MR; ++r) {  // rows past the end repeat the last one, never stored
-    a_rows[r] = A + std::min(r, rows - 1) * as;
-    c_rows[r] = C + std::min(r, rows - 1) * ldc;
-  }
-  int n = 0;
-  for (; n + NV * W <= N; n += NV * W)
-    tile<NV>(a_rows, ap, p0, p1, B, ldb, c_rows, rows, n, alpha, accumulate);
-  switch ((N - n) / W) {
-    case 3: tile<3>(a_rows, ap, p0, p1, B, ldb, c_rows, rows, n, alpha, accumulate); break;
-    case 2: tile<2>(a_rows, ap, p0, p1, B, ldb, c_rows, rows, n, alpha, accumulate); break;
-    case 1: tile<1>(a_rows, ap, p0, p1, B, ldb, c_rows, rows, n, alpha, accumulate); break;
-  }
-}
-
-inline long round_up(long x, long m) { return (x + m - 1) / m * m; }
 
 struct Dims {
   int64_t B, T, S, H, K;
@@ -144,22 +40,6 @@ inline int visible_cols(const Dims& d, int i0, int r0, int rows) {
   return d.causal ? std::min<int>(d.S, round_up(i0 + r0 + rows, W)) : d.S;
 }
 
-// Arrays of `sizes` floats, cache-line aligned, in this thread's scratch memory: kept between
-// calls, so heads allocate nothing and do not fault pages in. Valid until the next call.
-template <size_t N>
-std::array<float*, N> scratch(const std::array<long, N>& sizes) {
-  thread_local std::vector<float> memory;
-  long total = 16;
-  for (long n : sizes) total += round_up(n, 16);
-  if (static_cast<long>(memory.size()) < total) memory.resize(total);
-  float* at = memory.data() + (16 - reinterpret_cast<uintptr_t>(memory.data()) / 4 % 16) % 16;
-  std::array<float*, N> parts;
-  for (size_t i = 0; i < N; ++i) {
-    parts[i] = at;
-    at += round_up(sizes[i], 16);
-  }
-  return parts;
-}
 
 // One step of a W x W transpose in registers: rows i and i + B (bit B of i clear) swap the
 // lanes with bit B set in i's row for those with it clear in i + B's row.
@@ -192,28 +72,6 @@ void transpose_head(const Dims& d, const float* x, float* xT) {
       transpose_step<W / 2>(r);
       for (int i = 0; i < W; ++i) store(xT + (k0 + i) * d.S + s0, r[i]);
     }
-}
-
-// Runs fn(task) for task in [0, n) on this thread and on helpers scheduled on XLA's intra-op
-// pool. This thread never waits for a helper that has not started (the pool's threads may
-// all be busy, e.g. running this same call for other devices): whichever thread claims a
-// task runs it, and only helpers holding a claimed task are waited for. A helper that starts
-// after the last task was claimed touches nothing but the shared counters.
-template <typename Fn>
-void parallel_for(ffi::ThreadPool& pool, int n, Fn& fn) {
-  struct Shared {
-    std::atomic<int> next{0}, busy{0};
-  };
-  auto shared = std::make_shared<Shared>();
-  auto work = [n, &fn](Shared& s) {
-    s.busy.fetch_add(1);
-    for (int t; (t = s.next.fetch_add(1)) < n;) fn(t);
-    s.busy.fetch_sub(1);
-  };
-  const int helpers = std::max<int>(0, std::min<int64_t>(pool.num_threads(), n) - 1);
-  for (int i = 0; i < helpers; ++i) pool.Schedule([shared, work] { work(*shared); });
-  work(*shared);
-  while (shared->busy.load() > 0) std::this_thread::yield();
 }
 
 ffi::Error check(const Dims& d) {

@@ -8,104 +8,34 @@ log-sum-exp instead of storing them. `model.attention_impl = "auto"` takes it on
 builds (else fmjax's XLA attention core, with the reason logged once); "fused_cpu" asks for
 it and fails with the reason otherwise.
 
-The C++ source is compiled on first use with the host's C++ compiler (`$CXX`, else c++, g++
-or clang++; -O3 -march=native, or -march=$FMJAX_CPU_ARCH) against the XLA FFI headers that
-jaxlib ships, into `$FMJAX_CACHE_DIR` (default ~/.cache/fmjax), named by a hash of everything
-that affects the binary (source, compiler, flags, jax, the CPU's features), so the build runs
-once per host and version and concurrent processes do not clash. Under a mesh the kernel
-runs per device (mesh.shard_attention). tests/test_cpu_attention.py checks values and
-gradients against attention_core.attention_core.
+The C++ source is compiled on first use with the host's C++ compiler (fmjax/cpu_ffi.py).
+Under a mesh the kernel runs per device (mesh.shard_attention). tests/test_cpu_attention.py
+checks values and gradients against attention_core.attention_core.
 """
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
 import logging
-import os
 import pathlib
-import platform
-import shutil
-import subprocess
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmjax import mesh as mesh_lib
+from fmjax import cpu_ffi, mesh as mesh_lib
 
 SOURCE = pathlib.Path(__file__).with_name("cpu_attention.cc")
-FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")
-MULTIPLE = 16  # head dim and key length must be multiples of the kernel's widest vector
+MULTIPLE = cpu_ffi.MULTIPLE  # head dim and key length: whole vectors of the widest build
 _TARGETS = {"fmjax_cpu_attention_fwd": "FmjaxAttentionForward",
             "fmjax_cpu_attention_bwd": "FmjaxAttentionBackward",
             "fmjax_cpu_attention_fwd_packed": "FmjaxAttentionForwardPacked",
             "fmjax_cpu_attention_bwd_packed": "FmjaxAttentionBackwardPacked"}
 
 
-def cache_dir() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("FMJAX_CACHE_DIR") or "~/.cache/fmjax").expanduser()
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-def _cpu_features() -> str:
-    """What -march=native depends on: the CPU's flags (Linux), else its name."""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _flags() -> tuple[str, ...]:
-    """FLAGS and the target: the host's own CPU, or $FMJAX_CPU_ARCH (e.g. x86-64-v3 for AVX2
-    only; the tests build the narrower vector paths that way)."""
-    return (*FLAGS, f"-march={os.environ.get('FMJAX_CPU_ARCH') or 'native'}")
-
-
-def _build(compiler: str) -> pathlib.Path:
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
-    flags = _flags()
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, version, " ".join(flags),
-                                    jax.__version__, jax.ffi.include_dir(), _cpu_features()])
-                         .encode()).hexdigest()[:16]
-    library = cache_dir() / f"cpu_attention-{key}.so"
-    if library.exists():
-        return library
-    library.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-        built = pathlib.Path(tmp) / library.name
-        result = subprocess.run([compiler, *flags, "-I", jax.ffi.include_dir(), str(SOURCE),
-                                 "-o", str(built)], capture_output=True, text=True)
-        if result.returncode:
-            raise RuntimeError(f"{compiler} failed: {result.stderr.strip()[-2000:]}")
-        os.replace(built, library)  # atomic: a concurrent build of the same key is identical
-    return library
-
-
 @functools.cache
 def unavailable() -> str | None:
     """None once the kernel is built and registered with XLA:CPU, else why it cannot be."""
-    compiler = _compiler()
-    if compiler is None:
-        return "no C++ compiler found (set $CXX, or install g++ or clang++)"
-    try:
-        library = ctypes.cdll.LoadLibrary(str(_build(compiler)))
-        for target, symbol in _TARGETS.items():
-            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
-                                        platform="cpu")
-    except (OSError, RuntimeError, AttributeError) as e:
-        return f"building {SOURCE.name} failed: {e}"
-    return None
+    return cpu_ffi.load(SOURCE, _TARGETS)
 
 
 def unsupported(q_BTHK, k_BSHK, bias=None) -> str | None:

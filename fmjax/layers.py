@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from fmjax import cpu_dense
+
 Dtype = Any
 
 
@@ -31,28 +33,31 @@ def constrain(x, *axes):
 
 
 @jax.custom_vjp
-def matmul(x_NI, w_IO):
-    """x_NI @ w_IO for 2-D operands, with a backward pass laid out for CPU GEMM kernels.
+def matmul(x_NI, w_IO, b_O):
+    """x_NI @ w_IO (+ b_O unless None) for 2-D x, with a backward pass laid out for CPU GEMMs.
 
     Autodiff's weight gradient x^T @ g contracts the token axis N, the major axis of both
     operands. XLA:CPU's fast GEMM path (YNNPACK) only takes row-major [M,K] @ [K,N] (or
     [M,K] @ [N,K]^T), so XLA folds transposes into the layouts of *both* producers: their
     fusions then write column-major, which also makes XLA re-fuse the whole chain of
     residual-gradient adds into every such producer, and the dot falls back to a slower
-    kernel. Here the backward transposes the saved forward activation x explicitly, so the
-    gradient g stays row-major (15% faster steps for configs/bench_small.py)."""
-    return x_NI @ w_IO
+    kernel. Here the weight and bias gradients come from cpu_dense.weight_grads: fmjax's
+    kernel, which reads x^T in place, on one CPU device; elsewhere an explicit transpose of
+    the saved x, so the gradient g stays row-major (15% faster steps for
+    configs/bench_small.py than autodiff, and ~3% more with the kernel)."""
+    y_NO = x_NI @ w_IO
+    return y_NO if b_O is None else y_NO + b_O
 
 
-def _matmul_fwd(x_NI, w_IO):
-    return x_NI @ w_IO, (x_NI, w_IO)
+def _matmul_fwd(x_NI, w_IO, b_O):
+    return matmul(x_NI, w_IO, b_O), (x_NI, w_IO, b_O)
 
 
 def _matmul_bwd(res, g_NO):
-    x_NI, w_IO = res
+    x_NI, w_IO, b_O = res
     dx_NI = jax.lax.dot_general(g_NO, w_IO, (((1,), (1,)), ((), ())))  # g @ w^T
-    dw_IO = jnp.transpose(x_NI) @ g_NO
-    return dx_NI, dw_IO.astype(w_IO.dtype)
+    dw_IO, db_O = cpu_dense.weight_grads(x_NI, g_NO, with_bias=b_O is not None)
+    return dx_NI, dw_IO.astype(w_IO.dtype), None if b_O is None else db_O.astype(b_O.dtype)
 
 
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
@@ -84,8 +89,9 @@ class Dense(nn.Module):
             return w, b
         batch_shape = x.shape[:-n_in]
         x_NI = x.astype(self.dtype).reshape(-1, math.prod(in_shape))
-        y = matmul(x_NI, w.reshape(math.prod(in_shape), -1)).reshape(*batch_shape, *self.features)
-        return y if b is None else y + b
+        y = matmul(x_NI, w.reshape(math.prod(in_shape), -1),
+                   None if b is None else b.reshape(-1))
+        return y.reshape(*batch_shape, *self.features)
 
 
 class Embed(nn.Module):

@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # a host without a C++ compiler cannot build the kernel (fmjax then uses its XLA attention);
 # with one, a kernel that fails to build fails these tests
-pytestmark = pytest.mark.skipif(cpu_attention._compiler() is None, reason="no C++ compiler")
+pytestmark = pytest.mark.skipif(cpu_ffi.compiler() is None, reason="no C++ compiler")
 
 
 def _inputs(b=2, t=128, s=None, h=3, k=32, seed=0):
@@ -177,10 +177,10 @@ def test_fused_cpu_refuses_what_it_cannot_run_and_names_the_fix():
 def test_build_is_cached_and_a_missing_compiler_falls_back(tmp_path, monkeypatch, caplog):
     """The library is named by a hash of its inputs and reused; without a compiler the reason
     is reported, `auto` falls back to the XLA core (and logs why) and results are unchanged."""
-    built = cpu_attention._build(cpu_attention._compiler())
-    assert built.parent == cpu_attention.cache_dir() and built.exists()
+    built = cpu_ffi.build(cpu_attention.SOURCE, cpu_ffi.compiler())
+    assert built.parent == cpu_ffi.cache_dir() and built.exists()
     stamp = built.stat().st_mtime_ns
-    assert cpu_attention._build(cpu_attention._compiler()) == built
+    assert cpu_ffi.build(cpu_attention.SOURCE, cpu_ffi.compiler()) == built
     assert built.stat().st_mtime_ns == stamp
 
     batch = {k: jnp.asarray(v) for k, v in packed_batch(seq=32).items()}

@@ -1,0 +1,66 @@
+"""fmjax's weight-gradient GEMM for XLA:CPU (fmjax/cpu_dense.cc), float32.
+
+The backward pass of y = x w (+ b) needs dw = x^T g, a product over the token axis, which
+is the major axis of both row-major operands. XLA:CPU's GEMM library takes only [M, K] @
+[K, N] (or [N, K]^T) operands, so XLA copies a transpose first and then multiplies with an
+[I, N] @ [N, O] shape its kernels run below their peak. The kernel reads x^T in place and
+also sums db = g's columns in the same call (bench_small: the step ~3% faster). layers.matmul
+takes it on CPU for float32 on one device (no mesh, or a mesh of one device) when it builds
+(fmjax/cpu_ffi.py); anywhere else XLA's path. tests/test_cpu_dense.py checks it against XLA.
+"""
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+
+from fmjax import cpu_ffi
+
+SOURCE = pathlib.Path(__file__).with_name("cpu_dense.cc")
+_TARGETS = {"fmjax_cpu_dense_dw": "FmjaxDenseWeightGrad",
+            "fmjax_cpu_dense_dw_db": "FmjaxDenseWeightBiasGrad"}
+
+
+@functools.cache
+def unavailable() -> str | None:
+    """None once the kernel is built and registered with XLA:CPU, else why it cannot be."""
+    return cpu_ffi.load(SOURCE, _TARGETS)
+
+
+def applies(x_NI, g_NO) -> bool:
+    """Whether weight_grads runs the kernel for these operands (else it runs XLA's path): a
+    CPU backend, float32 2-D operands, whole vectors of output features, no mesh of more than
+    one device (the kernel is not partitioned), and a kernel that builds."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return (jax.default_backend() == "cpu" and x_NI.ndim == g_NO.ndim == 2
+            and x_NI.dtype == g_NO.dtype == jnp.float32
+            and g_NO.shape[1] % cpu_ffi.MULTIPLE == 0
+            and (mesh.empty or mesh.size == 1) and unavailable() is None)
+
+
+def _xla(x_NI, g_NO, with_bias: bool):
+    dw_IO = jnp.transpose(x_NI) @ g_NO
+    return dw_IO, (jnp.sum(g_NO, axis=0) if with_bias else None)
+
+
+def _kernel(x_NI, g_NO, with_bias: bool):
+    shapes = [jax.ShapeDtypeStruct((x_NI.shape[1], g_NO.shape[1]), jnp.float32)]
+    if not with_bias:
+        return jax.ffi.ffi_call("fmjax_cpu_dense_dw", shapes[0], vmap_method="sequential")(
+            x_NI, g_NO), None
+    shapes.append(jax.ShapeDtypeStruct((g_NO.shape[1],), jnp.float32))
+    return tuple(jax.ffi.ffi_call("fmjax_cpu_dense_dw_db", shapes, vmap_method="sequential")(
+        x_NI, g_NO))
+
+
+def weight_grads(x_NI, g_NO, with_bias: bool):
+    """(dw = x^T g [I, O], db = sum_n g [O] or None) for x [N, I], g [N, O]: the kernel where
+    `applies`, else XLA. The choice is made again when lowering: a program lowered for another
+    platform (fmjax.aot) gets XLA's path."""
+    if not applies(x_NI, g_NO):
+        return _xla(x_NI, g_NO, with_bias)
+    return jax.lax.platform_dependent(x_NI, g_NO,
+                                      cpu=functools.partial(_kernel, with_bias=with_bias),
+                                      default=functools.partial(_xla, with_bias=with_bias))
