@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fmjax import attention, attention_core, cpu_attention, mesh as mesh_lib
+from fmjax import attention, attention_core, cpu_attention, cpu_ffi, mesh as mesh_lib
 from fmjax.config import ConfigError
 from tests.helpers import model_loss_and_grads, packed_batch, tiny_config
 
@@ -236,6 +236,12 @@ for t, k, split in ((96, 16, 40), (64, 48, 30)):
     segments, positions = _packed(2, t, split)
     mask = attention.attention_mask(segments, segments, positions, positions, same_row=True)
     _assert_matches_core(q, k_, v, dout, mask, (segments > 0)[:, :, None, None], causal=True)
+from fmjax import cpu_dense
+x, g = (jax.random.normal(jax.random.key(i), (70, n)) for i, n in ((0, 13), (1, 48)))
+dw, db = cpu_dense.weight_grads(x, g, True)
+assert cpu_dense.applies(x, g)
+np.testing.assert_allclose(dw, np.asarray(x, np.float64).T @ np.asarray(g), rtol=1e-5, atol=1e-4)
+np.testing.assert_allclose(db, np.asarray(g, np.float64).sum(0), rtol=1e-5, atol=1e-4)
 print("ok")
 """
 
@@ -243,11 +249,13 @@ print("ok")
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 targets")
 @pytest.mark.parametrize("arch", ["x86-64-v3", "x86-64"])
 def test_narrower_vector_builds_match_the_core(arch, tmp_path):
-    """The kernel built for AVX2 (8-wide vectors, 3-row tiles) and for baseline SSE2 (4-wide),
-    as hosts without AVX-512 get it: same values and gradients as the XLA core."""
+    """The kernels built for AVX2 (8-wide vectors, 3-row tiles) and for baseline SSE2 (4-wide),
+    as hosts without AVX-512 get them: attention's values and gradients equal the XLA core's,
+    the weight gradients (fmjax/cpu_dense.cc) equal x^T g."""
     env = {**os.environ, "FMJAX_CPU_ARCH": arch, "FMJAX_CACHE_DIR": str(tmp_path),
            "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, "-c", _NARROW_CHECK], env=env, cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
     assert len(list(tmp_path.glob("cpu_attention-*.so"))) == 1
+    assert len(list(tmp_path.glob("cpu_dense-*.so"))) == 1

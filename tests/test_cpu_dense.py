@@ -1,0 +1,63 @@
+"""fmjax's weight-gradient kernel for XLA:CPU (fmjax/cpu_dense.cc) against XLA's path."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmjax import cpu_dense, cpu_ffi, layers, mesh as mesh_lib
+
+pytestmark = pytest.mark.skipif(cpu_ffi.compiler() is None, reason="no C++ compiler")
+
+
+def _operands(n, i, o, seed=0):
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.standard_normal((n, i)), jnp.float32),
+            jnp.asarray(rng.standard_normal((n, o)), jnp.float32))
+
+
+# rows past whole tiles and tasks (i % 6, i % 48), steps past a pass (n % 512), columns past
+# whole tasks and tiles (o % 128, o % 64)
+@pytest.mark.parametrize("n,i,o", [(8, 4, 16), (600, 53, 80), (1100, 100, 208), (64, 384, 1152)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_kernel_matches_xla(n, i, o, with_bias):
+    assert cpu_dense.unavailable() is None
+    x, g = _operands(n, i, o)
+    assert cpu_dense.applies(x, g)
+    got = jax.jit(lambda x, g: cpu_dense.weight_grads(x, g, with_bias))(x, g)
+    lowered = jax.jit(lambda x, g: cpu_dense.weight_grads(x, g, with_bias)).lower(x, g)
+    assert ("fmjax_cpu_dense_dw_db" if with_bias else "fmjax_cpu_dense_dw") in lowered.as_text()
+    want_dw = np.asarray(x, np.float64).T @ np.asarray(g, np.float64)
+    np.testing.assert_allclose(got[0], want_dw, rtol=1e-5, atol=1e-4 * np.sqrt(n))
+    if with_bias:
+        np.testing.assert_allclose(got[1], np.asarray(g, np.float64).sum(0), rtol=1e-5,
+                                   atol=1e-4 * np.sqrt(n))
+    else:
+        assert got[1] is None
+
+
+def test_dense_gradients_equal_autodiff():
+    """layers.matmul's custom backward (kernel on CPU) gives autodiff's gradients of x w + b."""
+    x, g = _operands(96, 40, 48, seed=1)
+    w = jnp.asarray(np.random.default_rng(2).standard_normal((40, 48)), jnp.float32)
+    b = jnp.linspace(-1, 1, 48, dtype=jnp.float32)
+    loss = lambda f: lambda x, w, b: jnp.sum(jnp.tanh(f(x, w, b)) * g)  # noqa: E731
+    got = jax.jit(jax.grad(loss(layers.matmul), argnums=(0, 1, 2)))(x, w, b)
+    want = jax.jit(jax.grad(loss(lambda x, w, b: x @ w + b), argnums=(0, 1, 2)))(x, w, b)
+    for a, e in zip(got, want):
+        np.testing.assert_allclose(a, e, rtol=2e-5, atol=2e-5)
+    no_bias = jax.jit(jax.grad(lambda x, w: jnp.sum(layers.matmul(x, w, None) * g), 1))(x, w)
+    np.testing.assert_allclose(no_bias, x.T @ g, rtol=2e-5, atol=2e-5)
+
+
+def test_where_the_kernel_does_not_apply():
+    """XLA's path for bfloat16, output widths that are not whole vectors, meshes of several
+    devices (the kernel is not partitioned) and programs lowered for another platform."""
+    x, g = _operands(32, 8, 32)
+    assert not cpu_dense.applies(x.astype(jnp.bfloat16), g.astype(jnp.bfloat16))
+    assert not cpu_dense.applies(x, g[:, :24])
+    mesh = jax.make_mesh((2,), ("data",), devices=jax.devices()[:2])
+    with mesh_lib.activate(mesh):
+        assert not cpu_dense.applies(x, g)
+    tpu = jax.jit(lambda x, g: cpu_dense.weight_grads(x, g, True)).trace(x, g).lower(
+        lowering_platforms=("tpu",)).as_text()
+    assert "fmjax_cpu_dense" not in tpu and "dot_general" in tpu
