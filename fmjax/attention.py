@@ -166,10 +166,9 @@ class Attention(nn.Module):
                                         for p in (q_proj, k_proj, v_proj))
         b, t, d = x_BTD.shape
         w_DH3K = jnp.stack([wq, wk, wv], axis=2)
-        b_H3K = jnp.stack([bq, bk, bv], axis=1) if self.use_bias else None
+        bias = jnp.stack([bq, bk, bv], axis=1).reshape(-1) if self.use_bias else None  # [H*3*K]
         qkv_BTH3K = matmul(x_BTD.astype(self.dtype).reshape(b * t, d), w_DH3K.reshape(d, -1),
-                           None if b_H3K is None else b_H3K.reshape(-1)
-                           ).reshape(b, t, self.n_heads, 3, self.head_dim)
+                           bias).reshape(b, t, self.n_heads, 3, self.head_dim)
         return (*unstack_qkv(qkv_BTH3K), qkv_BTH3K)
 
     @nn.compact

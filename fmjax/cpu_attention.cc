@@ -40,7 +40,6 @@ inline int visible_cols(const Dims& d, int i0, int r0, int rows) {
   return d.causal ? std::min<int>(d.S, round_up(i0 + r0 + rows, W)) : d.S;
 }
 
-
 // One step of a W x W transpose in registers: rows i and i + B (bit B of i clear) swap the
 // lanes with bit B set in i's row for those with it clear in i + B's row.
 template <int B>

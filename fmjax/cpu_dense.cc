@@ -3,7 +3,8 @@
 // dw[I, O] = x[N, I]^T g[N, O] and, for layers with a bias, db[O] = sum_n g[n, :]: the
 // backward pass of y = x w (+ b) for row-major x and g. XLA:CPU's GEMM library takes only
 // row-major [M, K] @ [K, N] operands, so XLA first copies x^T (or g^T) and then multiplies
-// [I, N] @ [N, O], a shape its kernels run ~10% below their peak. Here the panels of
+// [I, N] @ [N, O], a shape its kernels ran at 290-390 GFLOP/s on bench_small's layers
+// (forward products: 425-435) on a 2-core Zen 5, before a pass for db. Here the panels of
 // cpu_kernels.h read x^T in place: the MR entries a tile row broadcasts at step n are
 // x[n, i:i+MR], and g's rows are loaded as vectors. fmjax/cpu_dense.py binds it;
 // tests/test_cpu_dense.py checks it against XLA.

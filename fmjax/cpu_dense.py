@@ -46,13 +46,13 @@ def _xla(x_NI, g_NO, with_bias: bool):
 
 
 def _kernel(x_NI, g_NO, with_bias: bool):
-    shapes = [jax.ShapeDtypeStruct((x_NI.shape[1], g_NO.shape[1]), jnp.float32)]
+    dw_IO = jax.ShapeDtypeStruct((x_NI.shape[1], g_NO.shape[1]), jnp.float32)
     if not with_bias:
-        return jax.ffi.ffi_call("fmjax_cpu_dense_dw", shapes[0], vmap_method="sequential")(
-            x_NI, g_NO), None
-    shapes.append(jax.ShapeDtypeStruct((g_NO.shape[1],), jnp.float32))
-    return tuple(jax.ffi.ffi_call("fmjax_cpu_dense_dw_db", shapes, vmap_method="sequential")(
-        x_NI, g_NO))
+        call = jax.ffi.ffi_call("fmjax_cpu_dense_dw", dw_IO, vmap_method="sequential")
+        return call(x_NI, g_NO), None
+    db_O = jax.ShapeDtypeStruct((g_NO.shape[1],), jnp.float32)
+    call = jax.ffi.ffi_call("fmjax_cpu_dense_dw_db", (dw_IO, db_O), vmap_method="sequential")
+    return tuple(call(x_NI, g_NO))
 
 
 def weight_grads(x_NI, g_NO, with_bias: bool):
