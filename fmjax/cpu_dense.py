@@ -41,8 +41,8 @@ def applies(x_NI, g_NO) -> bool:
 
 
 def _xla(x_NI, g_NO, with_bias: bool):
-    dw_IO = jnp.transpose(x_NI) @ g_NO
-    return dw_IO, (jnp.sum(g_NO, axis=0) if with_bias else None)
+    dw_IO = jnp.matmul(jnp.transpose(x_NI), g_NO, preferred_element_type=jnp.float32)
+    return dw_IO, (jnp.sum(g_NO, axis=0, dtype=jnp.float32) if with_bias else None)
 
 
 def _kernel(x_NI, g_NO, with_bias: bool):
@@ -56,9 +56,9 @@ def _kernel(x_NI, g_NO, with_bias: bool):
 
 
 def weight_grads(x_NI, g_NO, with_bias: bool):
-    """(dw = x^T g [I, O], db = sum_n g [O] or None) for x [N, I], g [N, O]: the kernel where
-    `applies`, else XLA. The choice is made again when lowering: a program lowered for another
-    platform (fmjax.aot) gets XLA's path."""
+    """(dw = x^T g [I, O], db = sum_n g [O] or None) in float32 for x [N, I], g [N, O]: the
+    kernel where `applies`, else XLA. The choice is made again when lowering: a program
+    lowered for another platform (fmjax.aot) gets XLA's path."""
     if not applies(x_NI, g_NO):
         return _xla(x_NI, g_NO, with_bias)
     return jax.lax.platform_dependent(x_NI, g_NO,

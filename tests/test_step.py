@@ -59,6 +59,35 @@ def test_cross_entropy_and_z_loss():
     assert float(w) == 2.0
 
 
+def test_fused_output_layer_equals_logits_then_cross_entropy():
+    """objectives.output_cross_entropy (chunks of positions, gradients formed in the forward
+    pass, the table gradient in fmjax's CPU kernel: a 4104-row table is past the kernel's
+    packing width) gives the loss and gradients of cross_entropy(x @ table^T) with the
+    table's padded rows (past num_classes) never winning."""
+    rng = np.random.default_rng(0)
+    b, t, d, v, classes = 3, 200, 40, 4112, 4100  # 3 x 200 positions: chunks of 100
+    x = jnp.asarray(rng.standard_normal((b, t, d)), jnp.float32)
+    table = jnp.asarray(rng.standard_normal((v, d)) * 0.3, jnp.float32)
+    targets = jnp.asarray(rng.integers(0, classes, (b, t)), jnp.int32)
+    weights = jnp.asarray(rng.random((b, t)) > 0.2, jnp.float32)
+
+    def plain(x, table):
+        logits = jnp.einsum("btd,vd->btv", x, table)
+        logits = jnp.where(jnp.arange(v) < classes, logits, -jnp.inf)
+        return objectives.cross_entropy(logits, targets, weights)[0]
+
+    def fused(x, table):
+        return objectives.output_cross_entropy(x, table, targets, weights, classes)
+
+    want, want_grads = jax.jit(jax.value_and_grad(plain, (0, 1)))(x, table)
+    got, got_grads = jax.jit(jax.value_and_grad(fused, (0, 1)))(x, table)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(fused)(x, table), want, rtol=1e-5)
+    for g, w in zip(got_grads, want_grads):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+    assert not np.any(got_grads[1][classes:])
+
+
 def test_unknown_objective_names_the_field():
     import pytest
     from fmjax.config import ConfigError

@@ -20,6 +20,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from fmjax import cpu_dense
 from fmjax.config import ConfigError
 from fmjax.registry import Registry
 
@@ -201,10 +202,10 @@ def _output_ce_fwd(x_BTD, table_VD, targets_BT, weights_BT, num_classes):
         dlogits_BCV = dlogits_BCV.astype(x_BCD.dtype)  # GEMMs in the compute dtype, as autodiff
         dx_BCD = jnp.einsum("bcv,vd->bcd", dlogits_BCV, table_VD,
                             preferred_element_type=jnp.float32)
-        # table gradient accumulated as x^T @ dlogits ([D, V], a row-major GEMM after a
-        # transpose of the small x chunk), transposed once after the loop
-        dtable_DV = dtable_DV + jnp.einsum("bcd,bcv->dv", x_BCD, dlogits_BCV,
-                                           preferred_element_type=jnp.float32)
+        # table gradient accumulated as x^T @ dlogits [D, V] (row-major operands, the
+        # weight-gradient GEMM of layers.matmul), transposed once after the loop
+        dtable_DV = dtable_DV + cpu_dense.weight_grads(
+            x_BCD.reshape(-1, d), dlogits_BCV.reshape(-1, v), with_bias=False)[0]
         return (ce + ce_chunk, dtable_DV), dx_BCD
 
     d, v = table_VD.shape[1], table_VD.shape[0]
