@@ -25,7 +25,8 @@ constexpr long PACK_FROM = 4096;
 // Tasks [0, tiles) compute dw by (rows, NB columns) blocks; tasks after them (if db) sum
 // g's columns, NB at a time. O is a multiple of W (the Python side checks).
 ffi::Error weight_grad(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
-                       const ffi::Buffer<ffi::F32>& g, float* dw, float* db) {
+                       const ffi::Buffer<ffi::F32>& g, float* dw, float* db,
+                       bool accumulate = false) {
   const long N = x.dimensions()[0], I = x.dimensions()[1], O = g.dimensions()[1];
   if (O % W || g.dimensions()[0] != N)
     return ffi::Error::InvalidArgument("fmjax cpu dense: g must be [N, O], O a multiple of "
@@ -59,7 +60,7 @@ ffi::Error weight_grad(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
       }
       for (int i = i0; i < i1; i += MR)
         panel(std::min(MR, i1 - i), cols, q0, q1, A + i, 1, I, B, ldb, dw + i * O + o0, O,
-              1.0f, p0 > 0);
+              1.0f, accumulate || p0 > 0);
     }
   };
   parallel_for(pool, tiles + (db ? col_blocks : 0), task);
@@ -69,6 +70,12 @@ ffi::Error weight_grad(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
 ffi::Error weight(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
                   ffi::ResultBuffer<ffi::F32> dw) {
   return weight_grad(pool, x, g, dw->typed_data(), nullptr);
+}
+
+// dw += x^T g in place: dw is an input aliased to the result
+ffi::Error add_weight(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
+                      ffi::Buffer<ffi::F32>, ffi::ResultBuffer<ffi::F32> dw) {
+  return weight_grad(pool, x, g, dw->typed_data(), nullptr, true);
 }
 
 ffi::Error weight_and_bias(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
@@ -84,6 +91,10 @@ using Floats = ffi::Buffer<ffi::F32>;
 XLA_FFI_DEFINE_HANDLER_SYMBOL(  // x, g -> dw
     FmjaxDenseWeightGrad, weight,
     ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Floats>().Arg<Floats>().Ret<Floats>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(  // x, g, dw -> dw + x^T g (the same buffer)
+    FmjaxDenseAddWeightGrad, add_weight,
+    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Floats>().Arg<Floats>().Arg<Floats>()
+        .Ret<Floats>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(  // x, g -> dw, db
     FmjaxDenseWeightBiasGrad, weight_and_bias,
     ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Floats>().Arg<Floats>().Ret<Floats>()

@@ -20,7 +20,8 @@ from fmjax import cpu_ffi
 
 SOURCE = pathlib.Path(__file__).with_name("cpu_dense.cc")
 _TARGETS = {"fmjax_cpu_dense_dw": "FmjaxDenseWeightGrad",
-            "fmjax_cpu_dense_dw_db": "FmjaxDenseWeightBiasGrad"}
+            "fmjax_cpu_dense_dw_db": "FmjaxDenseWeightBiasGrad",
+            "fmjax_cpu_dense_add_dw": "FmjaxDenseAddWeightGrad"}
 
 
 @functools.cache
@@ -55,12 +56,33 @@ def _kernel(x_NI, g_NO, with_bias: bool):
     return tuple(call(x_NI, g_NO))
 
 
+def _choose(kernel, xla, x_NI, g_NO, *args):
+    """kernel(x, g, *args) where `applies`, else xla(x, g, *args). The choice is made again
+    when lowering: a program lowered for another platform (fmjax.aot) gets XLA's path."""
+    if not applies(x_NI, g_NO):
+        return xla(x_NI, g_NO, *args)
+    return jax.lax.platform_dependent(x_NI, g_NO, *args, cpu=kernel, default=xla)
+
+
 def weight_grads(x_NI, g_NO, with_bias: bool):
     """(dw = x^T g [I, O], db = sum_n g [O] or None) in float32 for x [N, I], g [N, O]: the
-    kernel where `applies`, else XLA. The choice is made again when lowering: a program
-    lowered for another platform (fmjax.aot) gets XLA's path."""
-    if not applies(x_NI, g_NO):
-        return _xla(x_NI, g_NO, with_bias)
-    return jax.lax.platform_dependent(x_NI, g_NO,
-                                      cpu=functools.partial(_kernel, with_bias=with_bias),
-                                      default=functools.partial(_xla, with_bias=with_bias))
+    kernel where `applies`, else XLA."""
+    return _choose(functools.partial(_kernel, with_bias=with_bias),
+                   functools.partial(_xla, with_bias=with_bias), x_NI, g_NO)
+
+
+def _add_xla(x_NI, g_NO, dw_IO):
+    return dw_IO + _xla(x_NI, g_NO, False)[0]
+
+
+def _add_kernel(x_NI, g_NO, dw_IO):
+    call = jax.ffi.ffi_call("fmjax_cpu_dense_add_dw", jax.ShapeDtypeStruct(dw_IO.shape,
+                            jnp.float32), input_output_aliases={2: 0}, vmap_method="sequential")
+    return call(x_NI, g_NO, dw_IO)
+
+
+def add_weight_grad(dw_IO, x_NI, g_NO):
+    """dw + x^T g for a float32 dw [I, O], accumulating over chunks of N (the output layer's
+    table gradient). The kernel adds into dw's buffer, which XLA reuses when nothing else
+    reads dw afterwards (a scan's carry): no separate pass of the sum over dw."""
+    return _choose(_add_kernel, _add_xla, x_NI, g_NO, dw_IO.astype(jnp.float32))

@@ -78,6 +78,9 @@ inline void tile(const float* const* a_rows, long ap, int p0, int p1, const floa
   vf c[MR][NVT];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NVT; ++v) c[r][v] = vf{};
+  if (accumulate)  // C's rows may be far apart and cold: fetched while the products run
+    for (int r = 0; r < rows; ++r)
+      for (int v = 0; v < NVT; ++v) __builtin_prefetch(c_rows[r] + n0 + v * W, 1);
   for (int p = p0; p < p1; ++p) {
     const float* b = B + p * ldb + n0;
     vf bv[NVT];

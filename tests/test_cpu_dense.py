@@ -34,6 +34,11 @@ def test_kernel_matches_xla(n, i, o, with_bias):
                                    atol=1e-4 * np.sqrt(n))
     else:
         assert got[1] is None
+    dw = jnp.asarray(np.random.default_rng(3).standard_normal((i, o)), jnp.float32)
+    add = jax.jit(cpu_dense.add_weight_grad)
+    assert "fmjax_cpu_dense_add_dw" in add.lower(dw, x, g).as_text()
+    np.testing.assert_allclose(add(dw, x, g), np.asarray(dw) + want_dw, rtol=1e-5,
+                               atol=1e-4 * np.sqrt(n))
 
 
 def test_dense_gradients_equal_autodiff():
@@ -60,5 +65,8 @@ def test_where_the_kernel_does_not_apply():
     with mesh_lib.activate(mesh):
         assert not cpu_dense.applies(x, g)
     tpu = jax.jit(lambda x, g: cpu_dense.weight_grads(x, g, True)).trace(x, g).lower(
+        lowering_platforms=("tpu",)).as_text()
+    assert "fmjax_cpu_dense" not in tpu and "dot_general" in tpu
+    tpu = jax.jit(cpu_dense.add_weight_grad).trace(jnp.zeros((8, 32)), x, g).lower(
         lowering_platforms=("tpu",)).as_text()
     assert "fmjax_cpu_dense" not in tpu and "dot_general" in tpu

@@ -204,8 +204,8 @@ def _output_ce_fwd(x_BTD, table_VD, targets_BT, weights_BT, num_classes):
                             preferred_element_type=jnp.float32)
         # table gradient accumulated as x^T @ dlogits [D, V] (row-major operands, the
         # weight-gradient GEMM of layers.matmul), transposed once after the loop
-        dtable_DV = dtable_DV + cpu_dense.weight_grads(
-            x_BCD.reshape(-1, d), dlogits_BCV.reshape(-1, v), with_bias=False)[0]
+        dtable_DV = cpu_dense.add_weight_grad(dtable_DV, x_BCD.reshape(-1, d),
+                                              dlogits_BCV.reshape(-1, v))
         return (ce + ce_chunk, dtable_DV), dx_BCD
 
     d, v = table_VD.shape[1], table_VD.shape[0]
