@@ -6,8 +6,9 @@
 // [I, N] @ [N, O], a shape its kernels ran at 290-390 GFLOP/s on bench_small's layers
 // (forward products: 425-435) on a 2-core Zen 5, before a pass for db. Here the panels of
 // cpu_kernels.h read x^T in place: the MR entries a tile row broadcasts at step n are
-// x[n, i:i+MR], and g's rows are loaded as vectors. fmjax/cpu_dense.py binds it;
-// tests/test_cpu_dense.py checks it against XLA.
+// x[n, i:i+MR], and g's rows are loaded as vectors. A third entry adds x^T g into an
+// existing dw in place (the output layer's table gradient, summed over chunks of tokens).
+// fmjax/cpu_dense.py binds it; tests/test_cpu_dense.py checks it against XLA.
 #include "cpu_kernels.h"
 
 namespace {

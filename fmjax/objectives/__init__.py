@@ -195,6 +195,8 @@ def output_cross_entropy(x_BTD, table_VD, targets_BT, weights_BT, num_classes: i
 
 
 def _output_ce_fwd(x_BTD, table_VD, targets_BT, weights_BT, num_classes):
+    v, d = table_VD.shape
+
     def body(carry, chunk):
         ce, dtable_DV = carry
         x_BCD, targets_BC, weights_BC = chunk
@@ -208,7 +210,6 @@ def _output_ce_fwd(x_BTD, table_VD, targets_BT, weights_BT, num_classes):
                                               dlogits_BCV.reshape(-1, v))
         return (ce + ce_chunk, dtable_DV), dx_BCD
 
-    d, v = table_VD.shape[1], table_VD.shape[0]
     init = (jnp.zeros((), jnp.float32), jnp.zeros((d, v), jnp.float32))
     (ce, dtable_DV), dx_NBCD = _scan_chunks(x_BTD, targets_BT, weights_BT, body, init)
     b, t = targets_BT.shape
