@@ -3,68 +3,96 @@
 // dw[I, O] = x[N, I]^T g[N, O] and, for layers with a bias, db[O] = sum_n g[n, :]: the
 // backward pass of y = x w (+ b) for row-major x and g. XLA:CPU's GEMM library takes only
 // row-major [M, K] @ [K, N] operands, so XLA first copies x^T (or g^T) and then multiplies
-// [I, N] @ [N, O], a shape its kernels ran at 290-390 GFLOP/s on bench_small's layers
-// (forward products: 425-435) on a 2-core Zen 5, before a pass for db. Here the panels of
-// cpu_kernels.h read x^T in place: the MR entries a tile row broadcasts at step n are
-// x[n, i:i+MR], and g's rows are loaded as vectors. A third entry adds x^T g into an
-// existing dw in place (the output layer's table gradient, summed over chunks of tokens).
-// fmjax/cpu_dense.py binds it; tests/test_cpu_dense.py checks it against XLA.
+// [I, N] @ [N, O], before a pass for db. Here the panels of cpu_kernels.h read x^T in place:
+// the MR entries a tile row broadcasts at step n are x[n, i:i+MR]. g's rows are far apart
+// (O * 4 bytes, 6 KB for an MLP's up projection), too far for the hardware prefetchers of
+// some CPUs (Intel's stop at 4 KB pages), so the first row panel of a block reads them in
+// place and stores the slice it loads contiguously, and the block's other panels read that
+// copy from L1. A third entry adds x^T g into an existing dw in place (the output layer's
+// table gradient, summed over chunks of tokens). fmjax/cpu_dense.py binds it;
+// tests/test_cpu_dense.py checks it against XLA.
 #include "cpu_kernels.h"
 
 namespace {
 
-constexpr int KC = 512;  // steps of n per pass: a 512 x 128 slice of g stays in L2
-constexpr int NB = 128;  // columns per task
-constexpr int IB = 48;   // rows per task (a multiple of MR)
-// From this many columns on, g's rows are 16 KB or more apart, and a column slice of them
-// falls into a few sets of the (set-associative) caches: such a g is copied slice by slice
-// into contiguous scratch, one task per NB columns over all rows of dw. The output layer's
-// table gradient ([512, 384]^T @ [512, 8192]) then runs at 391 instead of 296 GFLOP/s; the
-// layers' narrower g ran slower in the step that way (fewer, larger tasks).
-constexpr long PACK_FROM = 4096;
+constexpr int KS = 128;        // steps of n per pass: a KS x NT slice of g (32 KB) stays in L1
+constexpr int NB = 128;        // columns per task
+constexpr int IB = 384;        // rows per task (a multiple of 8 MR), halved while there are
+constexpr int MIN_TASKS = 8;   // fewer tasks than this, down to 8 MR rows
+constexpr int NT = NV * W;     // columns per register tile
+constexpr long PACK_X = 1024;  // from this many inputs on, x's rows are 4 KB or more apart:
+                               // each task copies its slice of x contiguously per pass
 
-// Tasks [0, tiles) compute dw by (rows, NB columns) blocks; tasks after them (if db) sum
-// g's columns, NB at a time. O is a multiple of W (the Python side checks).
+// tile<nv, COPY>(args...) for a tile of nv <= NV vectors
+template <bool COPY, typename... Args>
+void tile_of(int nv, Args... args) {
+  switch (nv) {
+    case 4: return tile<4, COPY>(args...);
+    case 3: return tile<3, COPY>(args...);
+    case 2: return tile<2, COPY>(args...);
+    case 1: return tile<1, COPY>(args...);
+  }
+}
+
+// One task per block of rows x NB columns of dw. For each pass of KS steps and each tile of
+// NT columns, the block's first row panel reads g's slice in place and copies it into
+// scratch as it goes, and the block's other row panels read the copy; the first row block
+// also sums the copy into db. O is a multiple of W (the Python side checks).
 ffi::Error weight_grad(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
                        const ffi::Buffer<ffi::F32>& g, float* dw, float* db,
                        bool accumulate = false) {
+  static_assert(NB % NT == 0 && IB % (8 * MR) == 0);
   const long N = x.dimensions()[0], I = x.dimensions()[1], O = g.dimensions()[1];
   if (O % W || g.dimensions()[0] != N)
     return ffi::Error::InvalidArgument("fmjax cpu dense: g must be [N, O], O a multiple of "
                                        "the vector width");
   const float *X = x.typed_data(), *G = g.typed_data();
-  const bool pack = O >= PACK_FROM;
-  const int rows = pack ? I : IB;  // per task
-  const int row_blocks = (I + rows - 1) / rows, col_blocks = (O + NB - 1) / NB;
-  const int tiles = row_blocks * col_blocks;
+  const int col_blocks = (O + NB - 1) / NB;
+  int ib = IB;
+  while (ib > 8 * MR && (I + ib - 1) / ib * col_blocks < MIN_TASKS) ib /= 2;
+  const int row_blocks = (I + ib - 1) / ib;
   auto task = [&](int t) {
     const int o0 = (t % col_blocks) * NB, cols = std::min<int>(O - o0, NB);
-    if (t >= tiles) {  // db[o0 : o0 + cols]
-      for (int o = o0; o < o0 + cols; o += W) {
-        vf sum = vf{};
-        for (long n = 0; n < N; ++n) sum += load(G + n * O + o);
-        store(db + o, sum);
+    const int i0 = (t / col_blocks) * ib, i1 = std::min<int>(I, i0 + ib);
+    const auto [copy, xs] = scratch<2>({long{KS} * NB, long{KS} * IB});
+    for (long p0 = 0; p0 < N; p0 += KS) {
+      const int steps = std::min<long>(N - p0, KS);
+      const bool add = accumulate || p0 > 0;
+      const float* A = X + p0 * I;  // x[p0 + p, i] at A[p * lda + i]
+      long lda = I;
+      if (I >= PACK_X) {  // x[p0:p0+steps, i0:i1] -> xs, contiguous
+        for (int p = 0; p < steps; ++p)
+          std::memcpy(xs + p * (i1 - i0), A + p * I + i0, (i1 - i0) * sizeof(float));
+        A = xs - i0, lda = i1 - i0;
       }
-      return;
-    }
-    const int i0 = (t / col_blocks) * rows, i1 = std::min<int>(I, i0 + rows);
-    for (int p0 = 0; p0 < N; p0 += KC) {
-      const int p1 = std::min<int>(N, p0 + KC);
-      const float *A = X, *B = G + o0;  // panels read A[p * I + i] and B[p * ldb + o]
-      long ldb = O;
-      int q0 = p0, q1 = p1;
-      if (pack) {  // g[p0:p1, o0:o0+cols] -> B, contiguous
-        const auto [slice] = scratch<1>({long{KC} * NB});
-        for (int p = p0; p < p1; ++p)
-          std::memcpy(slice + (p - p0) * cols, G + p * O + o0, cols * sizeof(float));
-        A = X + p0 * I, B = slice, ldb = cols, q0 = 0, q1 = p1 - p0;
+      for (int n = 0; n < cols; n += NT) {
+        const int nv = std::min(NV, (cols - n) / W);
+        float* slice = copy + n * KS;  // g[p0:p0+steps, o0+n:o0+n+nv*W], NT floats a row
+        for (int i = i0; i < i1; i += MR) {
+          const int rows = std::min(MR, i1 - i);
+          const float* a_rows[MR];
+          float* c_rows[MR];
+          for (int r = 0; r < MR; ++r) {  // rows past the end repeat the last one, never stored
+            a_rows[r] = A + i + std::min(r, rows - 1);
+            c_rows[r] = dw + (i + std::min(r, rows - 1)) * O + o0 + n;
+          }
+          if (i == i0)
+            tile_of<true>(nv, a_rows, lda, 0, steps, G + p0 * O + o0 + n, O, c_rows, rows, 0,
+                          1.0f, add, slice);
+          else
+            tile_of<false>(nv, a_rows, lda, 0, steps, slice, NT, c_rows, rows, 0, 1.0f, add,
+                           nullptr);
+        }
+        if (db && i0 == 0)
+          for (int v = 0; v < nv; ++v) {
+            vf sum = p0 > 0 ? load(db + o0 + n + v * W) : vf{};
+            for (int p = 0; p < steps; ++p) sum += load(slice + p * NT + v * W);
+            store(db + o0 + n + v * W, sum);
+          }
       }
-      for (int i = i0; i < i1; i += MR)
-        panel(std::min(MR, i1 - i), cols, q0, q1, A + i, 1, I, B, ldb, dw + i * O + o0, O,
-              1.0f, accumulate || p0 > 0);
     }
   };
-  parallel_for(pool, tiles + (db ? col_blocks : 0), task);
+  parallel_for(pool, row_blocks * col_blocks, task);
   return ffi::Error::Success();
 }
 

@@ -71,10 +71,13 @@ inline vf vexp(vf x) {
   return p * scale;
 }
 
-// C[r, n0:n0+NVT*W] (+)= alpha * sum_{p0 <= p < p1} a_rows[r][p * ap] * B[p * ldb + n0:...]
-template <int NVT>
+// C[r, n0:n0+NVT*W] (+)= alpha * sum_{p0 <= p < p1} a_rows[r][p * ap] * B[p * ldb + n0:...].
+// With COPY, the rows of B it loads are also stored at copy + p * NV * W: packed, for the
+// tiles that use the same slice of B next.
+template <int NVT, bool COPY = false>
 inline void tile(const float* const* a_rows, long ap, int p0, int p1, const float* B, long ldb,
-                 float* const* c_rows, int rows, int n0, float alpha, bool accumulate) {
+                 float* const* c_rows, int rows, int n0, float alpha, bool accumulate,
+                 float* copy = nullptr) {
   vf c[MR][NVT];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NVT; ++v) c[r][v] = vf{};
@@ -84,7 +87,10 @@ inline void tile(const float* const* a_rows, long ap, int p0, int p1, const floa
   for (int p = p0; p < p1; ++p) {
     const float* b = B + p * ldb + n0;
     vf bv[NVT];
-    for (int v = 0; v < NVT; ++v) bv[v] = load(b + v * W);
+    for (int v = 0; v < NVT; ++v) {
+      bv[v] = load(b + v * W);
+      if (COPY) store(copy + p * (NV * W) + v * W, bv[v]);
+    }
     for (int r = 0; r < MR; ++r) {
       const float a = a_rows[r][p * ap];
       for (int v = 0; v < NVT; ++v) c[r][v] += a * bv[v];

@@ -237,7 +237,7 @@ for t, k, split in ((96, 16, 40), (64, 48, 30)):
     mask = attention.attention_mask(segments, segments, positions, positions, same_row=True)
     _assert_matches_core(q, k_, v, dout, mask, (segments > 0)[:, :, None, None], causal=True)
 from fmjax import cpu_dense
-x, g = (jax.random.normal(jax.random.key(i), (70, n)) for i, n in ((0, 13), (1, 48)))
+x, g = (jax.random.normal(jax.random.key(i), (150, n)) for i, n in ((0, 197), (1, 80)))
 dw, db = cpu_dense.weight_grads(x, g, True)
 assert cpu_dense.applies(x, g)
 np.testing.assert_allclose(dw, np.asarray(x, np.float64).T @ np.asarray(g), rtol=1e-5, atol=1e-4)
