@@ -16,12 +16,32 @@
 namespace {
 
 constexpr int KS = 128;        // steps of n per pass: a KS x NT slice of g (32 KB) stays in L1
-constexpr int NB = 128;        // columns per task
-constexpr int IB = 384;        // rows per task (a multiple of 8 MR), halved while there are
-constexpr int MIN_TASKS = 8;   // fewer tasks than this, down to 8 MR rows
 constexpr int NT = NV * W;     // columns per register tile
+constexpr int NB = 128;        // columns per task: NB, 2 NB or 4 NB
+constexpr int IB = 384;        // rows per task: IB, IB / 2, IB / 4 or IB / 8 (a multiple of MR)
+constexpr int TASKS_PER_THREAD = 4;  // at least, for balance beside the ops XLA runs alongside
 constexpr long PACK_X = 1024;  // from this many inputs on, x's rows are 4 KB or more apart:
                                // each task copies its slice of x contiguously per pass
+
+// The task shape: each task reads x's rows [N, rows] and g's columns [N, cols] once, so x is
+// read O / cols times and g I / rows times; bigger tasks read less (from L3 or memory), but
+// there must be enough of them to keep every thread busy.
+struct Blocks {
+  int rows, cols;
+};
+Blocks choose_blocks(long I, long O, int threads) {
+  Blocks best{IB / 8, NB};
+  long best_reads = -1;
+  for (int cols = NB; cols <= 4 * NB; cols *= 2)
+    for (int rows = IB; rows >= IB / 8; rows /= 2) {
+      const long row_blocks = (I + rows - 1) / rows, col_blocks = (O + cols - 1) / cols;
+      const long reads = I * col_blocks + O * row_blocks;  // floats per step of n
+      if (row_blocks * col_blocks >= TASKS_PER_THREAD * threads &&
+          (best_reads < 0 || reads < best_reads))
+        best = {rows, cols}, best_reads = reads;
+    }
+  return best;
+}
 
 // tile<nv, COPY>(args...) for a tile of nv <= NV vectors
 template <bool COPY, typename... Args>
@@ -34,27 +54,25 @@ void tile_of(int nv, Args... args) {
   }
 }
 
-// One task per block of rows x NB columns of dw. For each pass of KS steps and each tile of
+// One task per block of rows x cols of dw (choose_blocks). For each pass of KS steps and each tile of
 // NT columns, the block's first row panel reads g's slice in place and copies it into
 // scratch as it goes, and the block's other row panels read the copy; the first row block
 // also sums the copy into db. O is a multiple of W (the Python side checks).
 ffi::Error weight_grad(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
                        const ffi::Buffer<ffi::F32>& g, float* dw, float* db,
                        bool accumulate = false) {
-  static_assert(NB % NT == 0 && IB % (8 * MR) == 0);
+  static_assert(NB % NT == 0 && IB / 8 % MR == 0);
   const long N = x.dimensions()[0], I = x.dimensions()[1], O = g.dimensions()[1];
   if (O % W || g.dimensions()[0] != N)
     return ffi::Error::InvalidArgument("fmjax cpu dense: g must be [N, O], O a multiple of "
                                        "the vector width");
   const float *X = x.typed_data(), *G = g.typed_data();
-  const int col_blocks = (O + NB - 1) / NB;
-  int ib = IB;
-  while (ib > 8 * MR && (I + ib - 1) / ib * col_blocks < MIN_TASKS) ib /= 2;
-  const int row_blocks = (I + ib - 1) / ib;
+  const auto [ib, nb] = choose_blocks(I, O, pool.num_threads());
+  const int col_blocks = (O + nb - 1) / nb, row_blocks = (I + ib - 1) / ib;
   auto task = [&](int t) {
-    const int o0 = (t % col_blocks) * NB, cols = std::min<int>(O - o0, NB);
+    const int o0 = (t % col_blocks) * nb, cols = std::min<int>(O - o0, nb);
     const int i0 = (t / col_blocks) * ib, i1 = std::min<int>(I, i0 + ib);
-    const auto [copy, xs] = scratch<2>({long{KS} * NB, long{KS} * IB});
+    const auto [slice, xs] = scratch<2>({long{KS} * NT, long{KS} * IB});
     for (long p0 = 0; p0 < N; p0 += KS) {
       const int steps = std::min<long>(N - p0, KS);
       const bool add = accumulate || p0 > 0;
@@ -65,9 +83,8 @@ ffi::Error weight_grad(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
           std::memcpy(xs + p * (i1 - i0), A + p * I + i0, (i1 - i0) * sizeof(float));
         A = xs - i0, lda = i1 - i0;
       }
-      for (int n = 0; n < cols; n += NT) {
+      for (int n = 0; n < cols; n += NT) {  // slice: g[p0:p0+steps, o0+n:o0+n+nv*W]
         const int nv = std::min(NV, (cols - n) / W);
-        float* slice = copy + n * KS;  // g[p0:p0+steps, o0+n:o0+n+nv*W], NT floats a row
         for (int i = i0; i < i1; i += MR) {
           const int rows = std::min(MR, i1 - i);
           const float* a_rows[MR];
