@@ -20,23 +20,25 @@ constexpr int NT = NV * W;     // columns per register tile
 constexpr int NB = 128;        // columns per task: NB, 2 NB or 4 NB
 constexpr int IB = 384;        // rows per task: IB, IB / 2, IB / 4 or IB / 8 (a multiple of MR)
 constexpr int TASKS_PER_THREAD = 4;  // at least, for balance beside the ops XLA runs alongside
+constexpr long BLOCK_FLOATS = 128 * 1024;  // of dw per task at most: its 512 KB stay in L2
 constexpr long PACK_X = 1024;  // from this many inputs on, x's rows are 4 KB or more apart:
                                // each task copies its slice of x contiguously per pass
 
 // The task shape: each task reads x's rows [N, rows] and g's columns [N, cols] once, so x is
 // read O / cols times and g I / rows times; bigger tasks read less (from L3 or memory), but
-// there must be enough of them to keep every thread busy.
+// there must be enough of them to keep every thread busy, and their block of dw must stay
+// in L2 (it is read and written once per pass).
 struct Blocks {
   int rows, cols;
 };
 Blocks choose_blocks(long I, long O, int threads) {
-  Blocks best{IB / 8, NB};
+  Blocks best{IB / 8, NB};  // the most tasks, if no shape has enough
   long best_reads = -1;
   for (int cols = NB; cols <= 4 * NB; cols *= 2)
     for (int rows = IB; rows >= IB / 8; rows /= 2) {
-      const long row_blocks = (I + rows - 1) / rows, col_blocks = (O + cols - 1) / cols;
-      const long reads = I * col_blocks + O * row_blocks;  // floats per step of n
-      if (row_blocks * col_blocks >= TASKS_PER_THREAD * threads &&
+      const long tasks = (I + rows - 1) / rows * ((O + cols - 1) / cols);
+      const long reads = I * ((O + cols - 1) / cols) + O * ((I + rows - 1) / rows);
+      if (long{rows} * cols <= BLOCK_FLOATS && tasks >= TASKS_PER_THREAD * threads &&
           (best_reads < 0 || reads < best_reads))
         best = {rows, cols}, best_reads = reads;
     }
@@ -54,10 +56,10 @@ void tile_of(int nv, Args... args) {
   }
 }
 
-// One task per block of rows x cols of dw (choose_blocks). For each pass of KS steps and each tile of
-// NT columns, the block's first row panel reads g's slice in place and copies it into
-// scratch as it goes, and the block's other row panels read the copy; the first row block
-// also sums the copy into db. O is a multiple of W (the Python side checks).
+// One task per block of rows x cols of dw (choose_blocks). For each pass of KS steps and each
+// tile of NT columns, the block's first row panel reads g's slice in place and copies it
+// into scratch as it goes, and the block's other row panels read the copy; the first row
+// block also sums the copy into db. O is a multiple of W (the Python side checks).
 ffi::Error weight_grad(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
                        const ffi::Buffer<ffi::F32>& g, float* dw, float* db,
                        bool accumulate = false) {
