@@ -5,8 +5,9 @@ Source:   fmjax benchmark settings (no paper): GPT-2 family, 6 layers, 6 heads, 
 Command:  python -m fmjax.bench --config=configs/bench_small.py
 Budget:   3 warm-up + 10 timed steps, about a minute on a 2-core CPU.
 Expected: ~79-85% MFU (about 350-400 model GFLOP/s, 3,900-4,400 tokens/s) on a 2-core AMD EPYC
-          (Zen 5) host, moving with the host's speed; the goal of >= 85% of the measured
-          matmul peak is not met yet (see README, Performance).
+          (Zen 5) host; ~77-80% (about 225-235 GFLOP/s, 2,500-2,650 tokens/s) on a 2-core
+          Intel Xeon with AVX-512; moving with the host's speed. The goal of >= 85% of the
+          measured matmul peak is not met yet (see README, Performance).
 """
 from fmjax.config import base_config
 
