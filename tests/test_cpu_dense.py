@@ -16,9 +16,10 @@ def _operands(n, i, o, seed=0):
 
 
 # rows past whole tiles and tasks (i % 6, i % 384), steps past a pass (n % 128), columns past
-# whole tasks and tiles (o % 128, o % 64), a wide g (the output layer's)
+# whole tasks and tiles (o % 128, o % 64), a wide g (the output layer's), x copied per task
+# (i >= 1024)
 @pytest.mark.parametrize("n,i,o", [(8, 4, 16), (600, 53, 80), (1100, 100, 208), (64, 384, 1152),
-                                   (300, 389, 1040), (520, 13, 4112)])
+                                   (300, 389, 1040), (520, 13, 4112), (200, 1030, 48)])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_kernel_matches_xla(n, i, o, with_bias):
     assert cpu_dense.unavailable() is None
