@@ -69,7 +69,8 @@ ffi::Error weight_grad(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
     return ffi::Error::InvalidArgument("fmjax cpu dense: g must be [N, O], O a multiple of "
                                        "the vector width");
   const float *X = x.typed_data(), *G = g.typed_data();
-  const auto [ib, nb] = choose_blocks(I, O, pool.num_threads());
+  const Blocks blocks = choose_blocks(I, O, pool.num_threads());
+  const int ib = blocks.rows, nb = blocks.cols;  // plain names: C++17 lambdas capture them
   const int col_blocks = (O + nb - 1) / nb, row_blocks = (I + ib - 1) / ib;
   auto task = [&](int t) {
     const int o0 = (t % col_blocks) * nb, cols = std::min<int>(O - o0, nb);
