@@ -45,17 +45,6 @@ Blocks choose_blocks(long I, long O, int threads) {
   return best;
 }
 
-// tile<nv, COPY>(args...) for a tile of nv <= NV vectors
-template <bool COPY, typename... Args>
-void tile_of(int nv, Args... args) {
-  switch (nv) {
-    case 4: return tile<4, COPY>(args...);
-    case 3: return tile<3, COPY>(args...);
-    case 2: return tile<2, COPY>(args...);
-    case 1: return tile<1, COPY>(args...);
-  }
-}
-
 // One task per block of rows x cols of dw (choose_blocks). For each pass of KS steps and each
 // tile of NT columns, the block's first row panel reads g's slice in place and copies it
 // into scratch as it goes, and the block's other row panels read the copy; the first row
@@ -79,12 +68,12 @@ ffi::Error weight_grad(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
     for (long p0 = 0; p0 < N; p0 += KS) {
       const int steps = std::min<long>(N - p0, KS);
       const bool add = accumulate || p0 > 0;
-      const float* A = X + p0 * I;  // x[p0 + p, i] at A[p * lda + i]
+      const float* A = X + p0 * I + i0;  // x[p0 + p, i0 + i] at A[p * lda + i]
       long lda = I;
       if (I >= PACK_X) {  // x[p0:p0+steps, i0:i1] -> xs, contiguous
         for (int p = 0; p < steps; ++p)
-          std::memcpy(xs + p * (i1 - i0), A + p * I + i0, (i1 - i0) * sizeof(float));
-        A = xs - i0, lda = i1 - i0;
+          std::memcpy(xs + p * (i1 - i0), A + p * I, (i1 - i0) * sizeof(float));
+        A = xs, lda = i1 - i0;
       }
       for (int n = 0; n < cols; n += NT) {  // slice: g[p0:p0+steps, o0+n:o0+n+nv*W]
         const int nv = std::min(NV, (cols - n) / W);
@@ -92,10 +81,8 @@ ffi::Error weight_grad(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
           const int rows = std::min(MR, i1 - i);
           const float* a_rows[MR];
           float* c_rows[MR];
-          for (int r = 0; r < MR; ++r) {  // rows past the end repeat the last one, never stored
-            a_rows[r] = A + i + std::min(r, rows - 1);
-            c_rows[r] = dw + (i + std::min(r, rows - 1)) * O + o0 + n;
-          }
+          row_pointers(A + (i - i0), 1, rows, a_rows);
+          row_pointers(dw + i * O + o0 + n, O, rows, c_rows);
           if (i == i0)
             tile_of<true>(nv, a_rows, lda, 0, steps, G + p0 * O + o0 + n, O, c_rows, rows, 0,
                           1.0f, add, slice);

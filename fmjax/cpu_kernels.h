@@ -104,24 +104,35 @@ inline void tile(const float* const* a_rows, long ap, int p0, int p1, const floa
     }
 }
 
+// tile<nv, COPY>(args...) for a tile of nv <= NV vectors
+template <bool COPY, typename... Args>
+void tile_of(int nv, Args... args) {
+  switch (nv) {
+    case 4: return tile<4, COPY>(args...);
+    case 3: return tile<3, COPY>(args...);
+    case 2: return tile<2, COPY>(args...);
+    case 1: return tile<1, COPY>(args...);
+  }
+}
+
+// at[r] = base + min(r, rows - 1) * stride: a tile's row pointers; rows past the end repeat
+// the last one (computed, never stored)
+template <typename T>
+void row_pointers(T* base, long stride, int rows, T* (&at)[MR]) {
+  for (int r = 0; r < MR; ++r) at[r] = base + std::min(r, rows - 1) * stride;
+}
+
 // C[r, n] (+)= alpha * sum_{p0 <= p < p1} A[r * as + p * ap] * B[p * ldb + n] for r < rows
 // (at most MR) and n < N (a multiple of W).
 void panel(int rows, int N, int p0, int p1, const float* A, long as, long ap, const float* B,
            long ldb, float* C, long ldc, float alpha, bool accumulate) {
   const float* a_rows[MR];
   float* c_rows[MR];
-  for (int r = 0; r < MR; ++r) {  // rows past the end repeat the last one, never stored
-    a_rows[r] = A + std::min(r, rows - 1) * as;
-    c_rows[r] = C + std::min(r, rows - 1) * ldc;
-  }
-  int n = 0;
-  for (; n + NV * W <= N; n += NV * W)
-    tile<NV>(a_rows, ap, p0, p1, B, ldb, c_rows, rows, n, alpha, accumulate);
-  switch ((N - n) / W) {
-    case 3: tile<3>(a_rows, ap, p0, p1, B, ldb, c_rows, rows, n, alpha, accumulate); break;
-    case 2: tile<2>(a_rows, ap, p0, p1, B, ldb, c_rows, rows, n, alpha, accumulate); break;
-    case 1: tile<1>(a_rows, ap, p0, p1, B, ldb, c_rows, rows, n, alpha, accumulate); break;
-  }
+  row_pointers(A, as, rows, a_rows);
+  row_pointers(C, ldc, rows, c_rows);
+  for (int n = 0; n < N; n += NV * W)
+    tile_of<false>(std::min(NV, (N - n) / W), a_rows, ap, p0, p1, B, ldb, c_rows, rows, n,
+                   alpha, accumulate);
 }
 
 inline long round_up(long x, long m) { return (x + m - 1) / m * m; }
