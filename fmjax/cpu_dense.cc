@@ -8,16 +8,14 @@
 // (O * 4 bytes, 6 KB for an MLP's up projection), too far for the hardware prefetchers of
 // some CPUs (Intel's stop at 4 KB pages), so the first row panel of a block reads them in
 // place and stores the slice it loads contiguously, and the block's other panels read that
-// copy from L1. A third entry adds x^T g into an existing dw in place (the output layer's
+// copy from L1. Meanwhile those panels fetch the next slice of g and the next pass's rows of
+// x into L2, a few rows each (10-15% faster alone on an Intel Xeon). A third entry adds x^T g into an existing dw in place (the output layer's
 // table gradient, summed over chunks of tokens). fmjax/cpu_dense.py binds it;
 // tests/test_cpu_dense.py checks it against XLA.
 #include "cpu_kernels.h"
 
 namespace {
 
-#ifndef PF_LEVEL
-#define PF_LEVEL 2
-#endif
 constexpr int KS = 128;        // steps of n per pass: a KS x NT slice of g (32 KB) stays in L1
 constexpr int NT = NV * W;     // columns per register tile
 constexpr int NB = 128;        // columns per task: NB, 2 NB or 4 NB
@@ -46,6 +44,15 @@ Blocks choose_blocks(long I, long O, int threads) {
         best = {rows, cols}, best_reads = reads;
     }
   return best;
+}
+
+// Rows [k * per, (k + 1) * per) of rows x width floats at base (row stride ld) into L2,
+// per = the share of part k of `parts`.
+void prefetch_share(const float* base, long ld, int rows, long width, int k, int parts) {
+  const int per = (rows + parts - 1) / parts;
+  for (int r = k * per; r < std::min(rows, (k + 1) * per); ++r) {
+    for (long c = 0; c < width; c += 16) __builtin_prefetch(base + r * ld + c, 0, 2);  // a line
+  }
 }
 
 // One task per block of rows x cols of dw (choose_blocks). For each pass of KS steps and each
@@ -78,37 +85,26 @@ ffi::Error weight_grad(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
           std::memcpy(xs + p * (i1 - i0), A + p * I, (i1 - i0) * sizeof(float));
         A = xs, lda = i1 - i0;
       }
-      const int xpf_rows = p0 + KS < N ? std::min<long>(N - p0 - KS, KS) : 0;
-      const int tiles = (cols + NT - 1) / NT, panels_ = (i1 - i0 + MR - 1) / MR;
-      const int xpf_per = (xpf_rows + tiles * panels_ - 1) / (tiles * panels_);
+      // What the next pass reads of x, and the next slice of g, are fetched into L2 a few
+      // rows per panel while this pass runs (rows far apart defeat the hardware prefetchers)
+      const int panels = (i1 - i0 + MR - 1) / MR, tiles = (cols + NT - 1) / NT;
+      const int next_steps = std::max<long>(0, std::min<long>(N - p0 - KS, KS));
       for (int n = 0; n < cols; n += NT) {  // slice: g[p0:p0+steps, o0+n:o0+n+nv*W]
         const int nv = std::min(NV, (cols - n) / W);
-        // the next slice: the next tile of columns, or the first of the next pass
-        const bool last = n + NT >= cols;
-        const long np0 = last ? p0 + KS : p0;
-        const int nn = last ? 0 : n + NT;
-        const int pf_rows = np0 < N ? std::min<long>(N - np0, KS) : 0;
-        const int pf_nv = std::min(NV, (cols - nn) / W);
-        const float* pf_base = G + np0 * O + o0 + nn;
-        const int panels = (i1 - i0 + MR - 1) / MR;
-        const int pf_per = panels > 1 ? (pf_rows + panels - 2) / (panels - 1) : 0;
+        const bool last = n + NT >= cols;  // then the next slice starts the next pass
+        const float* next_g = G + (last ? p0 + KS : p0) * O + o0 + (last ? 0 : n + NT);
+        const int next_g_steps = last ? next_steps : steps;
+        const int next_g_cols = last ? std::min(NT, cols) : std::min(NT, cols - n - NT);
         for (int i = i0; i < i1; i += MR) {
-          const int rows = std::min(MR, i1 - i);
+          const int rows = std::min(MR, i1 - i), panel = (i - i0) / MR;
           const float* a_rows[MR];
           float* c_rows[MR];
           row_pointers(A + (i - i0), 1, rows, a_rows);
           row_pointers(dw + i * O + o0 + n, O, rows, c_rows);
-          if (i > i0 && pf_rows > 0) {  // fetch the next slice of g while this one is in L1
-            const int r0 = (i - i0 - MR) / MR * pf_per, r1 = std::min(pf_rows, r0 + pf_per);
-            for (int r = r0; r < r1; ++r)
-              for (int v = 0; v < pf_nv; ++v) __builtin_prefetch(pf_base + r * O + v * W, 0, PF_LEVEL);
-          }
-          if (xpf_rows > 0) {  // and the next pass's rows of x, spread over this pass
-            const int k = (n / NT) * panels + (i - i0) / MR;
-            const int r0 = k * xpf_per, r1 = std::min(xpf_rows, r0 + xpf_per);
-            for (int r = r0; r < r1; ++r)
-              for (long c = 0; c < (i1 - i0); c += 16) __builtin_prefetch(X + (p0 + KS + r) * I + i0 + c, 0, 2);
-          }
+          if (panel > 0)  // the first panel reads the current slice in place: not meanwhile
+            prefetch_share(next_g, O, next_g_steps, next_g_cols, panel - 1, panels - 1);
+          prefetch_share(X + (p0 + KS) * I + i0, I, next_steps, i1 - i0,
+                         (n / NT) * panels + panel, tiles * panels);
           if (i == i0)
             tile_of<true>(nv, a_rows, lda, 0, steps, G + p0 * O + o0 + n, O, c_rows, rows, 0,
                           1.0f, add, slice);
