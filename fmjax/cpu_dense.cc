@@ -9,9 +9,9 @@
 // some CPUs (Intel's stop at 4 KB pages), so the first row panel of a block reads them in
 // place and stores the slice it loads contiguously, and the block's other panels read that
 // copy from L1. Meanwhile those panels fetch the next slice of g and the next pass's rows of
-// x into L2, a few rows each (10-15% faster alone on an Intel Xeon). A third entry adds x^T g into an existing dw in place (the output layer's
-// table gradient, summed over chunks of tokens). fmjax/cpu_dense.py binds it;
-// tests/test_cpu_dense.py checks it against XLA.
+// x into L2, a few rows each (10-15% faster alone on an Intel Xeon). A third entry adds
+// x^T g into an existing dw in place (the output layer's table gradient, summed over chunks
+// of tokens). fmjax/cpu_dense.py binds it; tests/test_cpu_dense.py checks it against XLA.
 #include "cpu_kernels.h"
 
 namespace {
