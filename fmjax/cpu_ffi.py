@@ -21,7 +21,7 @@ import tempfile
 import jax
 
 HEADER = pathlib.Path(__file__).with_name("cpu_kernels.h")
-FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")
+FLAGS = ("-O3", "-std=c++17", "-fno-math-errno", "-shared", "-fPIC", "-w")
 MULTIPLE = 16  # floats in the widest vector a build uses (AVX-512): rows the panels load whole
 
 

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fmjax import mesh as mesh_lib, objectives
+from fmjax import cpu_adamw, mesh as mesh_lib, objectives, optim
 
 
 def _loss_sums(model, objective, z_loss, params, batch, rng, deterministic):
@@ -48,6 +48,7 @@ def make_train_step(model, objective, tx, schedule, config, trainable=None):
     z_loss, m = config.optim.z_loss, config.train.microbatches
     deterministic = config.model.dropout == 0.0
     skip_nonfinite = config.train.on_nonfinite == "skip"
+    fused_update = cpu_adamw.make_update(config, schedule, optim.decay_mask(config.optim))
     grad_fn = jax.value_and_grad(
         lambda p, b, r: _loss_sums(model, objective, z_loss, p, b, r, deterministic), has_aux=True)
 
@@ -65,16 +66,27 @@ def make_train_step(model, objective, tx, schedule, config, trainable=None):
             (grads, ce, w), _ = jax.lax.scan(
                 body, (zeros, 0.0, 0.0), (jnp.arange(m), _split_microbatches(batch, m)))
         w = jnp.maximum(w, 1.0)
-        grads = jax.tree.map(lambda g: g / w, grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = _apply_updates(state.params, updates, trainable)
-        metrics = {"loss": ce / w, "grad_norm": optax.global_norm(grads),
-                   "learning_rate": schedule(state.step), "target_tokens": w}
-        if skip_nonfinite:  # a NaN/inf loss or gradient leaves params and optimizer as they were
-            finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        fused = cpu_adamw.applies(config, state.params, trainable)
+        if fused:  # the kernel divides by w itself: grads / w is never written
+            grad_norm = optax.global_norm(grads) / w
+        else:
+            grads = jax.tree.map(lambda g: g / w, grads)
+            grad_norm = optax.global_norm(grads)
+        metrics = {"loss": ce / w, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+                   "target_tokens": w}
+        finite = True  # with skip, a NaN/inf loss or gradient leaves params and optimizer as is
+        if skip_nonfinite:
+            finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
             metrics["skipped"] = (~finite).astype(jnp.int32)
+        if fused:
+            params, opt_state = fused_update(grads, w, grad_norm, state.opt_state, state.params,
+                                             finite)
+        else:
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            params = _apply_updates(state.params, updates, trainable)
+            if skip_nonfinite:
+                keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+                params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 
