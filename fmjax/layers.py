@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from fmjax import cpu_dense
+from fmjax import cpu_dense, cpu_layer_norm
 
 Dtype = Any
 
@@ -123,22 +123,39 @@ class Embed(nn.Module):
 def layer_norm(x_ND, scale_D, bias_D, eps: float):
     """(x - mean) / sqrt(var + eps) * scale + bias over the last axis, float32.
 
-    Custom backward: the textbook formula dx = rstd * (dxhat - mean(dxhat) - xhat *
-    mean(dxhat * xhat)) is two row reductions and one elementwise pass; autodiff's version
-    leaves XLA:CPU several passes over [N, D] per norm."""
+    Both passes run fmjax's CPU kernel (fmjax/cpu_layer_norm.py) where it applies, else
+    XLA. The backward pass recomputes xhat from x and the saved mean and rstd, and uses the
+    textbook formula dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)): two row
+    reductions and one elementwise pass (autodiff's version leaves XLA:CPU several passes over
+    [N, D] per norm)."""
     return _layer_norm_fwd(x_ND, scale_D, bias_D, eps)[0]
 
 
-def _layer_norm_fwd(x_ND, scale_D, bias_D, eps):
+def _on_cpu_kernel(kernel, xla, x_ND, *args, **static):
+    """kernel(x, *args, **static) where cpu_layer_norm applies, else xla(...); decided again
+    at lowering, so a program lowered for another platform (fmjax.aot) gets XLA's path."""
+    xla = functools.partial(xla, **static)
+    if not cpu_layer_norm.applies(x_ND):
+        return xla(x_ND, *args)
+    return jax.lax.platform_dependent(x_ND, *args, cpu=functools.partial(kernel, **static),
+                                      default=xla)
+
+
+def _layer_norm_stats_xla(x_ND, scale_D, bias_D, eps):
     mean_N1 = jnp.mean(x_ND, axis=-1, keepdims=True)
     centered_ND = x_ND - mean_N1
     rstd_N1 = jax.lax.rsqrt(jnp.mean(jnp.square(centered_ND), axis=-1, keepdims=True) + eps)
-    xhat_ND = centered_ND * rstd_N1
-    return xhat_ND * scale_D + bias_D, (xhat_ND, rstd_N1, scale_D)
+    return centered_ND * rstd_N1 * scale_D + bias_D, mean_N1, rstd_N1
 
 
-def _layer_norm_bwd(eps, res, dy_ND):
-    xhat_ND, rstd_N1, scale_D = res
+def _layer_norm_fwd(x_ND, scale_D, bias_D, eps):
+    y_ND, mean_N1, rstd_N1 = _on_cpu_kernel(cpu_layer_norm.forward, _layer_norm_stats_xla,
+                                            x_ND, scale_D, bias_D, eps=eps)
+    return y_ND, (x_ND, scale_D, mean_N1, rstd_N1)
+
+
+def _layer_norm_grads_xla(x_ND, scale_D, mean_N1, rstd_N1, dy_ND):
+    xhat_ND = (x_ND - mean_N1) * rstd_N1
     batch_axes = tuple(range(dy_ND.ndim - 1))
     dscale_D = jnp.sum(dy_ND * xhat_ND, axis=batch_axes)
     dbias_D = jnp.sum(dy_ND, axis=batch_axes)
@@ -147,6 +164,10 @@ def _layer_norm_bwd(eps, res, dy_ND):
     mean_dxhat_xhat_N1 = jnp.mean(dxhat_ND * xhat_ND, axis=-1, keepdims=True)
     dx_ND = rstd_N1 * (dxhat_ND - mean_dxhat_N1 - xhat_ND * mean_dxhat_xhat_N1)
     return dx_ND, dscale_D, dbias_D
+
+
+def _layer_norm_bwd(eps, res, dy_ND):
+    return _on_cpu_kernel(cpu_layer_norm.backward, _layer_norm_grads_xla, *res, dy_ND)
 
 
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)

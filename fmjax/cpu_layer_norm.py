@@ -1,0 +1,55 @@
+"""fmjax's LayerNorm for XLA:CPU (fmjax/cpu_layer_norm.cc), float32, forward and backward.
+
+XLA:CPU runs layers.layer_norm as several passes over [N, D] per norm and more for its
+backward pass (row reductions, elementwise parts and column sums apart); the kernel makes one
+pass per direction, row by row from L1, over XLA's intra-op threads, and saves only mean and
+rstd per row (the backward pass recomputes xhat from x). layers.layer_norm takes it on CPU for
+float32 on one device when it builds (fmjax/cpu_ffi.py); anywhere else XLA's path.
+tests/test_cpu_layer_norm.py checks it against that path.
+"""
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmjax import cpu_ffi
+
+SOURCE = pathlib.Path(__file__).with_name("cpu_layer_norm.cc")
+_TARGETS = {"fmjax_cpu_layer_norm_fwd": "FmjaxLayerNormForward",
+            "fmjax_cpu_layer_norm_bwd": "FmjaxLayerNormBackward"}
+
+
+@functools.cache
+def unavailable() -> str | None:
+    """None once the kernel is built and registered with XLA:CPU, else why it cannot be."""
+    return cpu_ffi.load(SOURCE, _TARGETS)
+
+
+def applies(x_ND) -> bool:
+    """Whether layer_norm runs the kernel for x: a CPU backend, float32, no mesh of more than
+    one device (the kernel is not partitioned), and a kernel that builds."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return (jax.default_backend() == "cpu" and x_ND.dtype == jnp.float32
+            and (mesh.empty or mesh.size == 1) and unavailable() is None)
+
+
+def _f32(*shapes):
+    return tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
+
+
+def forward(x_ND, scale_D, bias_D, eps: float):
+    """(y, mean, rstd) of LayerNorm over x's last axis; mean and rstd keep it as size 1."""
+    stats = x_ND.shape[:-1] + (1,)
+    return tuple(jax.ffi.ffi_call("fmjax_cpu_layer_norm_fwd", _f32(x_ND.shape, stats, stats))(
+        x_ND, scale_D, bias_D, eps=np.float32(eps)))
+
+
+def backward(x_ND, scale_D, mean_N1, rstd_N1, dy_ND):
+    """(dx, dscale, dbias) of LayerNorm from forward's mean and rstd and the gradient dy."""
+    return tuple(jax.ffi.ffi_call("fmjax_cpu_layer_norm_bwd", _f32(x_ND.shape, scale_D.shape,
+                                                                    scale_D.shape))(
+        x_ND, scale_D, mean_N1, rstd_N1, dy_ND))
