@@ -20,7 +20,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from fmjax import cpu_dense
+from fmjax import cpu_cross_entropy, cpu_dense
 from fmjax.config import ConfigError
 from fmjax.registry import Registry
 
@@ -147,18 +147,32 @@ def _output_logits(x_BCD, table_VD, num_classes: int):
 
 
 def _ce_chunk(x_BCD, table_VD, targets_BC, weights_BC, num_classes: int):
-    """(weighted CE sum, d sum / d logits) of one chunk of positions."""
-    logits_BCV = _output_logits(x_BCD, table_VD, num_classes)
+    """(weighted CE sum, d sum / d logits) of one chunk of positions: fmjax's CPU kernel
+    (fmjax/cpu_cross_entropy.py) where it applies, else XLA."""
+    logits_BCV = jnp.einsum("bcd,vd->bcv", x_BCD, table_VD, preferred_element_type=jnp.float32)
+    xla = functools.partial(_ce_and_grad_xla, num_classes=num_classes)
+    if not cpu_cross_entropy.applies(logits_BCV):
+        ce_BC, dlogits_BCV = xla(logits_BCV, targets_BC, weights_BC)
+    else:  # decided again at lowering: a program lowered elsewhere (fmjax.aot) gets XLA's
+        kernel = functools.partial(cpu_cross_entropy.ce_and_grad, num_classes=num_classes)
+        ce_BC, dlogits_BCV = jax.lax.platform_dependent(logits_BCV, targets_BC, weights_BC,
+                                                        cpu=kernel, default=xla)
+    return jnp.sum(ce_BC), dlogits_BCV
+
+
+def _ce_and_grad_xla(logits_BCV, targets_BC, weights_BC, num_classes: int):
+    v = logits_BCV.shape[-1]
+    if num_classes < v:  # padded embedding rows never win
+        logits_BCV = jnp.where(jnp.arange(v) < num_classes, logits_BCV, -jnp.inf)
     max_BC1 = jnp.max(logits_BCV, axis=-1, keepdims=True)
     unnorm_BCV = jnp.exp(logits_BCV - max_BC1)
     sum_BC1 = jnp.sum(unnorm_BCV, axis=-1, keepdims=True)
     lse_BC = (max_BC1 + jnp.log(sum_BC1))[..., 0]
     target_logit_BC = jnp.take_along_axis(logits_BCV, targets_BC[..., None], axis=-1)[..., 0]
-    onehot_BCV = jnp.arange(table_VD.shape[0]) == targets_BC[..., None]
-    ce_sum = jnp.sum((lse_BC - target_logit_BC) * weights_BC)
+    onehot_BCV = jnp.arange(v) == targets_BC[..., None]
     probs_BCV = unnorm_BCV * (1.0 / sum_BC1)
     dlogits_BCV = (probs_BCV - onehot_BCV) * weights_BC[..., None]
-    return ce_sum, dlogits_BCV
+    return (lse_BC - target_logit_BC) * weights_BC, dlogits_BCV
 
 
 def _scan_chunks(x_BTD, targets_BT, weights_BT, body, init):

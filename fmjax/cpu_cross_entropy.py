@@ -1,0 +1,49 @@
+"""fmjax's softmax cross-entropy for XLA:CPU (fmjax/cpu_cross_entropy.cc), float32.
+
+For one chunk of the output layer (objectives.output_cross_entropy): each row's weighted
+loss, and the gradient with respect to the logits written over the logits' own buffer. XLA:CPU
+runs the max, the exponentials and sum, and the gradient as separate passes over a chunk
+(16 MB for bench_small's 512 positions x 8K classes, beyond L2); the kernel reads each row
+once and keeps it in L1 for all three. objectives._ce_chunk takes it on CPU for float32
+logits on one device when it builds (fmjax/cpu_ffi.py); anywhere else XLA's path.
+tests/test_cpu_cross_entropy.py checks it against that path.
+"""
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmjax import cpu_ffi
+
+SOURCE = pathlib.Path(__file__).with_name("cpu_cross_entropy.cc")
+_TARGETS = {"fmjax_cpu_cross_entropy": "FmjaxCrossEntropy"}
+
+
+@functools.cache
+def unavailable() -> str | None:
+    """None once the kernel is built and registered with XLA:CPU, else why it cannot be."""
+    return cpu_ffi.load(SOURCE, _TARGETS)
+
+
+def applies(logits_NV) -> bool:
+    """Whether the kernel takes these logits: a CPU backend, float32, no mesh of more than one
+    device (the kernel is not partitioned), and a kernel that builds."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return (jax.default_backend() == "cpu" and logits_NV.dtype == jnp.float32
+            and (mesh.empty or mesh.size == 1) and unavailable() is None)
+
+
+def ce_and_grad(logits_NV, targets_N, weights_N, num_classes: int):
+    """(weighted CE per row [N...], its gradient [N..., V]) over the first num_classes columns
+    of logits (the rest get gradient 0); the gradient reuses the logits' buffer."""
+    call = jax.ffi.ffi_call(
+        "fmjax_cpu_cross_entropy",
+        (jax.ShapeDtypeStruct(targets_N.shape, jnp.float32),
+         jax.ShapeDtypeStruct(logits_NV.shape, jnp.float32)),
+        input_output_aliases={0: 1}, vmap_method="sequential")
+    return tuple(call(logits_NV, targets_N.astype(jnp.int32), weights_N.astype(jnp.float32),
+                      classes=np.int64(num_classes)))
