@@ -88,3 +88,18 @@ def load(source: pathlib.Path, targets: dict[str, str]) -> str | None:
     except (OSError, RuntimeError, AttributeError) as e:
         return f"building {source.name} failed: {e}"
     return None
+
+
+def single_cpu_device() -> bool:
+    """Whether the program runs on the CPU backend with no mesh of more than one device: where
+    fmjax's kernels apply (they are not partitioned)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return jax.default_backend() == "cpu" and (mesh.empty or mesh.size == 1)
+
+
+def kernel_or_xla(applies: bool, kernel, xla, *args):
+    """kernel(*args) where `applies`, else xla(*args). The choice is made again when lowering:
+    a program lowered for another platform (fmjax.aot) gets XLA's path."""
+    if not applies:
+        return xla(*args)
+    return jax.lax.platform_dependent(*args, cpu=kernel, default=xla)

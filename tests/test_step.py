@@ -59,13 +59,15 @@ def test_cross_entropy_and_z_loss():
     assert float(w) == 2.0
 
 
-def test_fused_output_layer_equals_logits_then_cross_entropy():
+def test_fused_output_layer_equals_logits_then_cross_entropy(monkeypatch):
     """objectives.output_cross_entropy (chunks of positions, gradients formed in the forward
     pass, the table gradient in fmjax's CPU kernel: a 4104-row table is past the kernel's
     packing width) gives the loss and gradients of cross_entropy(x @ table^T) with the
     table's padded rows (past num_classes) never winning."""
     rng = np.random.default_rng(0)
-    b, t, d, v, classes = 3, 200, 40, 4112, 4100  # 3 x 200 positions: chunks of 100
+    b, t, d, v, classes = 3, 200, 40, 4112, 4100
+    monkeypatch.setattr(objectives, "LOGITS_CHUNK_BYTES", b * 100 * v * 4)
+    assert objectives._chunk_len(b, t, v) == 100  # 3 x 200 positions: 2 chunks of 3 x 100
     x = jnp.asarray(rng.standard_normal((b, t, d)), jnp.float32)
     table = jnp.asarray(rng.standard_normal((v, d)) * 0.3, jnp.float32)
     targets = jnp.asarray(rng.integers(0, classes, (b, t)), jnp.int32)
