@@ -35,11 +35,9 @@ def unavailable() -> str | None:
 def applies(config, params, trainable) -> bool:
     """Whether the step updates `params` with the kernel: adamw, a CPU backend, float32
     parameters, no frozen leaves (LoRA), one device, and a kernel that builds."""
-    mesh = jax.sharding.get_abstract_mesh()
     return (config.optim.name == "adamw" and trainable is None
-            and jax.default_backend() == "cpu" and (mesh.empty or mesh.size == 1)
             and all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
-            and unavailable() is None)
+            and cpu_ffi.single_cpu_device() and unavailable() is None)
 
 
 def _update_leaf(hyper, p, g, mu, nu):

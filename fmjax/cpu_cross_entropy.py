@@ -30,11 +30,10 @@ def unavailable() -> str | None:
 
 
 def applies(logits_NV) -> bool:
-    """Whether the kernel takes these logits: a CPU backend, float32, no mesh of more than one
-    device (the kernel is not partitioned), and a kernel that builds."""
-    mesh = jax.sharding.get_abstract_mesh()
-    return (jax.default_backend() == "cpu" and logits_NV.dtype == jnp.float32
-            and (mesh.empty or mesh.size == 1) and unavailable() is None)
+    """Whether the kernel takes these logits: float32 on one CPU device, and a kernel that
+    builds."""
+    return (logits_NV.dtype == jnp.float32 and cpu_ffi.single_cpu_device()
+            and unavailable() is None)
 
 
 def ce_and_grad(logits_NV, targets_N, weights_N, num_classes: int):

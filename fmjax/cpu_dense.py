@@ -38,11 +38,9 @@ def applies(x_NI, g_NO) -> bool:
     """Whether weight_grads runs the kernel for these operands (else it runs XLA's path): a
     CPU backend, float32 2-D operands, whole vectors of output features, no mesh of more than
     one device (the kernel is not partitioned), and a kernel that builds."""
-    mesh = jax.sharding.get_abstract_mesh()
-    return (jax.default_backend() == "cpu" and x_NI.ndim == g_NO.ndim == 2
-            and x_NI.dtype == g_NO.dtype == jnp.float32
-            and g_NO.shape[1] % cpu_ffi.MULTIPLE == 0
-            and (mesh.empty or mesh.size == 1) and unavailable() is None)
+    return (x_NI.ndim == g_NO.ndim == 2 and x_NI.dtype == g_NO.dtype == jnp.float32
+            and g_NO.shape[1] % cpu_ffi.MULTIPLE == 0 and cpu_ffi.single_cpu_device()
+            and unavailable() is None)
 
 
 def _xla(x_NI, g_NO, with_bias: bool):
@@ -60,19 +58,12 @@ def _kernel(x_NI, g_NO, with_bias: bool):
     return tuple(call(x_NI, g_NO))
 
 
-def _choose(kernel, xla, x_NI, g_NO, *args):
-    """kernel(x, g, *args) where `applies`, else xla(x, g, *args). The choice is made again
-    when lowering: a program lowered for another platform (fmjax.aot) gets XLA's path."""
-    if not applies(x_NI, g_NO):
-        return xla(x_NI, g_NO, *args)
-    return jax.lax.platform_dependent(x_NI, g_NO, *args, cpu=kernel, default=xla)
-
-
 def weight_grads(x_NI, g_NO, with_bias: bool):
     """(dw = x^T g [I, O], db = sum_n g [O] or None) in float32 for x [N, I], g [N, O]: the
     kernel where `applies`, else XLA."""
-    return _choose(functools.partial(_kernel, with_bias=with_bias),
-                   functools.partial(_xla, with_bias=with_bias), x_NI, g_NO)
+    return cpu_ffi.kernel_or_xla(applies(x_NI, g_NO),
+                                 functools.partial(_kernel, with_bias=with_bias),
+                                 functools.partial(_xla, with_bias=with_bias), x_NI, g_NO)
 
 
 def _add_xla(x_NI, g_NO, dw_IO):
@@ -89,4 +80,5 @@ def add_weight_grad(dw_IO, x_NI, g_NO):
     """dw + x^T g for a float32 dw [I, O], accumulating over chunks of N (the output layer's
     table gradient). The kernel adds into dw's buffer, which XLA reuses when nothing else
     reads dw afterwards (a scan's carry): no separate pass of the sum over dw."""
-    return _choose(_add_kernel, _add_xla, x_NI, g_NO, dw_IO.astype(jnp.float32))
+    return cpu_ffi.kernel_or_xla(applies(x_NI, g_NO), _add_kernel, _add_xla, x_NI, g_NO,
+                                 dw_IO.astype(jnp.float32))

@@ -30,11 +30,9 @@ def unavailable() -> str | None:
 
 
 def applies(x_ND) -> bool:
-    """Whether layer_norm runs the kernel for x: a CPU backend, float32, no mesh of more than
-    one device (the kernel is not partitioned), and a kernel that builds."""
-    mesh = jax.sharding.get_abstract_mesh()
-    return (jax.default_backend() == "cpu" and x_ND.dtype == jnp.float32
-            and (mesh.empty or mesh.size == 1) and unavailable() is None)
+    """Whether layer_norm runs the kernel for x: float32 on one CPU device, and a kernel that
+    builds."""
+    return x_ND.dtype == jnp.float32 and cpu_ffi.single_cpu_device() and unavailable() is None
 
 
 def _f32(*shapes):

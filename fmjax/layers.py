@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from fmjax import cpu_dense, cpu_layer_norm
+from fmjax import cpu_dense, cpu_ffi, cpu_layer_norm
 
 Dtype = Any
 
@@ -131,16 +131,6 @@ def layer_norm(x_ND, scale_D, bias_D, eps: float):
     return _layer_norm_fwd(x_ND, scale_D, bias_D, eps)[0]
 
 
-def _on_cpu_kernel(kernel, xla, x_ND, *args, **static):
-    """kernel(x, *args, **static) where cpu_layer_norm applies, else xla(...); decided again
-    at lowering, so a program lowered for another platform (fmjax.aot) gets XLA's path."""
-    xla = functools.partial(xla, **static)
-    if not cpu_layer_norm.applies(x_ND):
-        return xla(x_ND, *args)
-    return jax.lax.platform_dependent(x_ND, *args, cpu=functools.partial(kernel, **static),
-                                      default=xla)
-
-
 def _layer_norm_stats_xla(x_ND, scale_D, bias_D, eps):
     mean_N1 = jnp.mean(x_ND, axis=-1, keepdims=True)
     centered_ND = x_ND - mean_N1
@@ -149,8 +139,9 @@ def _layer_norm_stats_xla(x_ND, scale_D, bias_D, eps):
 
 
 def _layer_norm_fwd(x_ND, scale_D, bias_D, eps):
-    y_ND, mean_N1, rstd_N1 = _on_cpu_kernel(cpu_layer_norm.forward, _layer_norm_stats_xla,
-                                            x_ND, scale_D, bias_D, eps=eps)
+    y_ND, mean_N1, rstd_N1 = cpu_ffi.kernel_or_xla(
+        cpu_layer_norm.applies(x_ND), functools.partial(cpu_layer_norm.forward, eps=eps),
+        functools.partial(_layer_norm_stats_xla, eps=eps), x_ND, scale_D, bias_D)
     return y_ND, (x_ND, scale_D, mean_N1, rstd_N1)
 
 
@@ -167,7 +158,8 @@ def _layer_norm_grads_xla(x_ND, scale_D, mean_N1, rstd_N1, dy_ND):
 
 
 def _layer_norm_bwd(eps, res, dy_ND):
-    return _on_cpu_kernel(cpu_layer_norm.backward, _layer_norm_grads_xla, *res, dy_ND)
+    return cpu_ffi.kernel_or_xla(cpu_layer_norm.applies(res[0]), cpu_layer_norm.backward,
+                                 _layer_norm_grads_xla, *res, dy_ND)
 
 
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)

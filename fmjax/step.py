@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fmjax import cpu_adamw, mesh as mesh_lib, objectives, optim
+from fmjax import cpu_adamw, cpu_ffi, mesh as mesh_lib, objectives, optim
 
 
 def _loss_sums(model, objective, z_loss, params, batch, rng, deterministic):
@@ -52,6 +52,17 @@ def make_train_step(model, objective, tx, schedule, config, trainable=None):
     grad_fn = jax.value_and_grad(
         lambda p, b, r: _loss_sums(model, objective, z_loss, p, b, r, deterministic), has_aux=True)
 
+    def optax_update(grads, w, grad_norm, opt_state, params, finite):
+        """(params, opt_state) after tx's step on grads / w (cpu_adamw.make_update's
+        signature; grad_norm is tx's own business here)."""
+        grads = jax.tree.map(lambda g: g / w, grads)
+        updates, new_opt_state = tx.update(grads, opt_state, params)
+        new_params = _apply_updates(params, updates, trainable)
+        if not skip_nonfinite:
+            return new_params, new_opt_state
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        return keep(new_params, params), keep(new_opt_state, opt_state)
+
     def train_step(state, batch):
         rng = jax.random.fold_in(state.rng, state.step)
         if m == 1:
@@ -66,27 +77,16 @@ def make_train_step(model, objective, tx, schedule, config, trainable=None):
             (grads, ce, w), _ = jax.lax.scan(
                 body, (zeros, 0.0, 0.0), (jnp.arange(m), _split_microbatches(batch, m)))
         w = jnp.maximum(w, 1.0)
-        fused = cpu_adamw.applies(config, state.params, trainable)
-        if fused:  # the kernel divides by w itself: grads / w is never written
-            grad_norm = optax.global_norm(grads) / w
-        else:
-            grads = jax.tree.map(lambda g: g / w, grads)
-            grad_norm = optax.global_norm(grads)
+        grad_norm = optax.global_norm(grads) / w  # of grads / w, without writing grads / w
         metrics = {"loss": ce / w, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
                    "target_tokens": w}
-        finite = True  # with skip, a NaN/inf loss or gradient leaves params and optimizer as is
+        finite = jnp.asarray(True)  # with skip, a NaN/inf loss or gradient changes nothing
         if skip_nonfinite:
             finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
             metrics["skipped"] = (~finite).astype(jnp.int32)
-        if fused:
-            params, opt_state = fused_update(grads, w, grad_norm, state.opt_state, state.params,
-                                             finite)
-        else:
-            updates, opt_state = tx.update(grads, state.opt_state, state.params)
-            params = _apply_updates(state.params, updates, trainable)
-            if skip_nonfinite:
-                keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-                params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        params, opt_state = cpu_ffi.kernel_or_xla(
+            cpu_adamw.applies(config, state.params, trainable), fused_update, optax_update,
+            grads, w, grad_norm, state.opt_state, state.params, finite)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, metrics
 

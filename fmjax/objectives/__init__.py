@@ -20,7 +20,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from fmjax import cpu_cross_entropy, cpu_dense
+from fmjax import cpu_cross_entropy, cpu_dense, cpu_ffi
 from fmjax.config import ConfigError
 from fmjax.registry import Registry
 
@@ -157,13 +157,11 @@ def _ce_chunk(x_BCD, table_VD, targets_BC, weights_BC, num_classes: int):
     """(weighted CE sum, d sum / d logits) of one chunk of positions: fmjax's CPU kernel
     (fmjax/cpu_cross_entropy.py) where it applies, else XLA."""
     logits_BCV = jnp.einsum("bcd,vd->bcv", x_BCD, table_VD, preferred_element_type=jnp.float32)
-    xla = functools.partial(_ce_and_grad_xla, num_classes=num_classes)
-    if not cpu_cross_entropy.applies(logits_BCV):
-        ce_BC, dlogits_BCV = xla(logits_BCV, targets_BC, weights_BC)
-    else:  # decided again at lowering: a program lowered elsewhere (fmjax.aot) gets XLA's
-        kernel = functools.partial(cpu_cross_entropy.ce_and_grad, num_classes=num_classes)
-        ce_BC, dlogits_BCV = jax.lax.platform_dependent(logits_BCV, targets_BC, weights_BC,
-                                                        cpu=kernel, default=xla)
+    ce_BC, dlogits_BCV = cpu_ffi.kernel_or_xla(
+        cpu_cross_entropy.applies(logits_BCV),
+        functools.partial(cpu_cross_entropy.ce_and_grad, num_classes=num_classes),
+        functools.partial(_ce_and_grad_xla, num_classes=num_classes),
+        logits_BCV, targets_BC, weights_BC)
     return jnp.sum(ce_BC), dlogits_BCV
 
 
