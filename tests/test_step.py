@@ -61,11 +61,11 @@ def test_cross_entropy_and_z_loss():
 
 def test_fused_output_layer_equals_logits_then_cross_entropy(monkeypatch):
     """objectives.output_cross_entropy (chunks of positions, gradients formed in the forward
-    pass, the table gradient in fmjax's CPU kernel: a 4104-row table is past the kernel's
-    packing width) gives the loss and gradients of cross_entropy(x @ table^T) with the
+    pass, the cross-entropy and the table gradient in fmjax's CPU kernels, the first chunk's
+    outside the loop) gives the loss and gradients of cross_entropy(x @ table^T) with the
     table's padded rows (past num_classes) never winning."""
     rng = np.random.default_rng(0)
-    b, t, d, v, classes = 3, 200, 40, 4112, 4100
+    b, t, d, v, classes = 3, 200, 48, 4112, 4100
     monkeypatch.setattr(objectives, "LOGITS_CHUNK_BYTES", b * 100 * v * 4)
     assert objectives._chunk_len(b, t, v) == 100  # 3 x 200 positions: 2 chunks of 3 x 100
     x = jnp.asarray(rng.standard_normal((b, t, d)), jnp.float32)
@@ -82,6 +82,9 @@ def test_fused_output_layer_equals_logits_then_cross_entropy(monkeypatch):
         return objectives.output_cross_entropy(x, table, targets, weights, classes)
 
     want, want_grads = jax.jit(jax.value_and_grad(plain, (0, 1)))(x, table)
+    hlo = jax.jit(jax.grad(fused, (0, 1))).lower(x, table).as_text()
+    for target in ("fmjax_cpu_cross_entropy", "fmjax_cpu_dense_dw", "fmjax_cpu_dense_add_dw"):
+        assert target in hlo
     got, got_grads = jax.jit(jax.value_and_grad(fused, (0, 1)))(x, table)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     np.testing.assert_allclose(jax.jit(fused)(x, table), want, rtol=1e-5)

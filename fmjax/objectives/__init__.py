@@ -180,18 +180,16 @@ def _ce_and_grad_xla(logits_BCV, targets_BC, weights_BC, num_classes: int):
     return (lse_BC - target_logit_BC) * weights_BC, dlogits_BCV
 
 
-def _scan_chunks(x_BTD, targets_BT, weights_BT, body, init, classes: int):
-    """Runs body(carry, (x_BCD, targets_BC, weights_BC)) over chunks of the length axis (the
-    batch axis stays whole, so batch-sharded inputs need no gathering)."""
-    b, t, d = x_BTD.shape
+def _chunks(x_BTD, targets_BT, weights_BT, classes: int):
+    """(x, targets, weights) in chunks of the length axis, [T/C, B, C, ...] (the batch axis
+    stays whole, so batch-sharded inputs need no gathering)."""
+    b, t, _ = x_BTD.shape
     c = _chunk_len(b, t, classes)
 
     def split(a):  # [B, T, ...] -> [T/C, B, C, ...]
         return jnp.swapaxes(a.reshape(b, t // c, c, *a.shape[2:]), 0, 1)
 
-    carry, ys = jax.lax.scan(body, init, (split(x_BTD), split(targets_BT),
-                                          split(weights_BT.astype(jnp.float32))))
-    return carry, ys
+    return split(x_BTD), split(targets_BT), split(weights_BT.astype(jnp.float32))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -211,32 +209,43 @@ def output_cross_entropy(x_BTD, table_VD, targets_BT, weights_BT, num_classes: i
         x_BCD, targets_BC, weights_BC = chunk
         logits_BCV = _output_logits(x_BCD, table_VD, num_classes)
         return ce + cross_entropy(logits_BCV, targets_BC, weights_BC)[0], None
-    ce, _ = _scan_chunks(x_BTD, targets_BT, weights_BT, body, jnp.zeros((), jnp.float32),
-                         table_VD.shape[0])
-    return ce
+    chunks = _chunks(x_BTD, targets_BT, weights_BT, table_VD.shape[0])
+    return jax.lax.scan(body, jnp.zeros((), jnp.float32), chunks)[0]
 
 
 def _output_ce_fwd(x_BTD, table_VD, targets_BT, weights_BT, num_classes):
     v, d = table_VD.shape
 
-    def body(carry, chunk):
-        ce, dtable_DV = carry
-        x_BCD, targets_BC, weights_BC = chunk
-        ce_chunk, dlogits_BCV = _ce_chunk(x_BCD, table_VD, targets_BC, weights_BC, num_classes)
+    def chunk_grads(x_BCD, targets_BC, weights_BC, dtable_VD=None):
+        """(CE sum, dx, dtable) of one chunk, its table gradient dlogits^T x (the
+        weight-gradient GEMM of layers.matmul: row-major operands) added to dtable_VD."""
+        ce, dlogits_BCV = _ce_chunk(x_BCD, table_VD, targets_BC, weights_BC, num_classes)
         dlogits_BCV = dlogits_BCV.astype(x_BCD.dtype)  # GEMMs in the compute dtype, as autodiff
         dx_BCD = jnp.einsum("bcv,vd->bcd", dlogits_BCV, table_VD,
                             preferred_element_type=jnp.float32)
-        # table gradient accumulated as x^T @ dlogits [D, V] (row-major operands, the
-        # weight-gradient GEMM of layers.matmul), transposed once after the loop
-        dtable_DV = cpu_dense.add_weight_grad(dtable_DV, x_BCD.reshape(-1, d),
-                                              dlogits_BCV.reshape(-1, v))
-        return (ce + ce_chunk, dtable_DV), dx_BCD
+        dlogits_NV, x_ND = dlogits_BCV.reshape(-1, v), x_BCD.reshape(-1, d)
+        if dtable_VD is None:
+            dtable_VD = cpu_dense.weight_grads(dlogits_NV, x_ND, with_bias=False)[0]
+        else:
+            dtable_VD = cpu_dense.add_weight_grad(dtable_VD, dlogits_NV, x_ND)
+        return ce, dx_BCD, dtable_VD
 
-    init = (jnp.zeros((), jnp.float32), jnp.zeros((d, v), jnp.float32))
-    (ce, dtable_DV), dx_NBCD = _scan_chunks(x_BTD, targets_BT, weights_BT, body, init, v)
+    def body(carry, chunk):
+        ce, dtable_VD = carry
+        ce_chunk, dx_BCD, dtable_VD = chunk_grads(*chunk, dtable_VD)
+        return (ce + ce_chunk, dtable_VD), dx_BCD
+
+    # the first chunk outside the loop: its table gradient starts the sum (no zeros to add to),
+    # and a batch of one chunk has no loop at all
+    chunks = _chunks(x_BTD, targets_BT, weights_BT, v)
+    ce, dx_BCD, dtable_VD = chunk_grads(*(a[0] for a in chunks))
+    dx_NBCD = dx_BCD[None]
+    if chunks[0].shape[0] > 1:
+        (ce, dtable_VD), rest = jax.lax.scan(body, (ce, dtable_VD), tuple(a[1:] for a in chunks))
+        dx_NBCD = jnp.concatenate([dx_NBCD, rest])
     b, t = targets_BT.shape
     dx_BTD = jnp.swapaxes(dx_NBCD, 0, 1).reshape(b, t, d)
-    return ce, (dx_BTD.astype(x_BTD.dtype), jnp.transpose(dtable_DV).astype(table_VD.dtype))
+    return ce, (dx_BTD.astype(x_BTD.dtype), dtable_VD.astype(table_VD.dtype))
 
 
 def _output_ce_bwd(num_classes, res, g):
