@@ -44,8 +44,8 @@ def matmul(x_NI, w_IO, b_O):
     kernel. Here the weight and bias gradients come from cpu_dense.weight_grads: fmjax's
     kernel, which reads x^T in place, on one CPU device; elsewhere an explicit transpose of
     the saved x, so the gradient g stays row-major (15% faster steps for
-    configs/bench_small.py than autodiff; the kernel ~3% more on a Zen 5, level with the
-    transpose on an Intel Xeon)."""
+    configs/bench_small.py than autodiff; the kernel 2-4% more on a Zen 5 and on an Intel
+    Xeon)."""
     return _affine(x_NI, w_IO, b_O)
 
 
