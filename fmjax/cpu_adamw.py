@@ -65,14 +65,13 @@ def make_update(config, schedule, decay_mask):
         scale = 1.0 / tokens
         if o.clip_norm > 0:
             scale = jnp.where(grad_norm < o.clip_norm, scale, scale * (o.clip_norm / grad_norm))
-        common = [scale, o.b1, o.b2, o.eps, -schedule(sched.count)]
-        corrections = [1.0 / (1.0 - o.b1 ** count), 1.0 / (1.0 - o.b2 ** count),
-                       jnp.asarray(finite, jnp.float32)]
+        hyper = jnp.stack([jnp.asarray(x, jnp.float32) for x in [  # cpu_adamw.cc's order
+            scale, o.b1, o.b2, o.eps, -schedule(sched.count), o.weight_decay,
+            1.0 / (1.0 - o.b1 ** count), 1.0 / (1.0 - o.b2 ** count), finite]])
+        no_decay = hyper.at[5].set(0.0)
 
         def leaf(p, g, mu, nu, decays):
-            wd = o.weight_decay if decays else 0.0
-            hyper = jnp.stack([jnp.asarray(x, jnp.float32) for x in [*common, wd, *corrections]])
-            return _update_leaf(hyper, p, g, mu, nu)
+            return _update_leaf(hyper if decays else no_decay, p, g, mu, nu)
 
         treedef = jax.tree.structure(params)
         out = treedef.flatten_up_to(jax.tree.map(leaf, params, grad_sums, adam.mu, adam.nu,
