@@ -17,18 +17,6 @@ namespace {
 
 constexpr long ROWS = 8;  // rows per task
 
-inline float max_of(vf v) {
-  float m = v[0];
-  for (int k = 1; k < W; ++k) m = std::max(m, v[k]);
-  return m;
-}
-
-inline float sum_of(vf v) {
-  float s = 0.0f;
-  for (int k = 0; k < W; ++k) s += v[k];
-  return s;
-}
-
 // One row: its loss, and its gradient over the logits in place
 float row(float* l, long v, long classes, int target, float w) {
   const float neg_inf = -std::numeric_limits<float>::infinity();

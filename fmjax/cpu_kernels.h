@@ -47,6 +47,16 @@ typedef int8_t vb __attribute__((vector_size(W)));
 inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof v); return v; }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
 inline vf splat(float x) { return vf{} + x; }
+inline float sum_of(vf v) {  // of the lanes
+  float s = 0.0f;
+  for (int k = 0; k < W; ++k) s += v[k];
+  return s;
+}
+inline float max_of(vf v) {  // of the lanes
+  float m = v[0];
+  for (int k = 1; k < W; ++k) m = std::max(m, v[k]);
+  return m;
+}
 
 // exp(x) to ~1 ulp, clamped to [-87, 88]: 2^n * e^r, |r| <= ln2 / 2, degree-6 Taylor polynomial.
 inline vf vexp(vf x) {

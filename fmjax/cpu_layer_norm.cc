@@ -20,12 +20,6 @@ namespace {
 
 constexpr long ROWS = 64;  // rows per task
 
-inline float sum_of(vf v) {
-  float s = 0.0f;
-  for (int k = 0; k < W; ++k) s += v[k];
-  return s;
-}
-
 // sum(a) and, with B, sum(a * b) over a row of d floats
 template <bool B>
 inline void row_sums(const float* a, const float* b, long d, float& sa, float& sab) {
