@@ -7,9 +7,9 @@ per parameter reads p, the summed gradient, mu and nu once and writes p, mu and 
 XLA:CPU runs optax's chain as four or five fusions per parameter, each reading its inputs
 again, with true divisions by scalars (bench_small's 13.9M parameters on a 2-core Intel
 Xeon: 29 ms per update alone; the kernel takes 9.6 ms for that many floats in one call, 40
-GB/s; steps 1.4-2.1% faster). The step takes it for adamw on one CPU
-device with float32 parameters and no frozen leaves, when the kernel builds
-(fmjax/cpu_ffi.py); anywhere else optax. tests/test_cpu_adamw.py checks it against optax.
+GB/s; steps 1.4-2.1% faster). The step takes it for adamw on one CPU device with float32
+parameters and no frozen leaves, when the kernel builds (fmjax/cpu_ffi.py); anywhere else
+optax. tests/test_cpu_adamw.py checks it against optax.
 """
 from __future__ import annotations
 

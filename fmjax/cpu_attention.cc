@@ -101,16 +101,14 @@ void forward_head(const Dims& d, const float* q_, const float* k_, const float* 
           const vf s = load(row + j);
           mx = visible(m + j) & (s > mx) ? s : mx;
         }
-        float row_max = -3e38f;
-        for (int l = 0; l < W; ++l) row_max = std::max(row_max, mx[l]);
+        const float row_max = max_of(mx);  // mx starts at -3e38: a masked row stays finite
         vf sum = vf{};
         for (int j = 0; j < cols; j += W) {
           const vf e = visible(m + j) ? vexp(load(row + j) - row_max) : vf{};
           store(row + j, e);
           sum += e;
         }
-        float total = 0;
-        for (int l = 0; l < W; ++l) total += sum[l];
+        const float total = sum_of(sum);
         inv[r - r0] = total > 0 ? 1.0f / total : 0.0f;
         lse_[(b * d.H + h) * d.T + i0 + r] = total > 0 ? row_max + std::log(total) : 3e38f;
       }
@@ -194,9 +192,7 @@ void backward_head(const Dims& d, const float* q_, const float* k_, const float*
       const float *o_r = o + (i0 + r) * d.row(), *g = dout + (i0 + r) * d.row();
       vf acc = vf{};
       for (int c = 0; c < d.K; c += W) acc += load(o_r + c) * load(g + c);
-      float s = 0;
-      for (int l = 0; l < W; ++l) s += acc[l];
-      delta[r] = s;
+      delta[r] = sum_of(acc);
     }
     for (int r0 = 0; r0 < rows; r0 += MR) {
       const int n = std::min(MR, rows - r0), cols = visible_cols(d, i0, r0, n);

@@ -3,8 +3,8 @@
 For one chunk of the output layer (objectives.output_cross_entropy): each row's weighted
 loss, and the gradient with respect to the logits written over the logits' own buffer. XLA:CPU
 runs the max, the exponentials and sum, and the gradient as separate passes over a chunk
-(16 MB for bench_small's 512 positions x 8K classes, beyond L2); the kernel reads each row
-once and keeps it in L1 for all three. objectives._ce_chunk takes it on CPU for float32
+(64 MB for bench_small's 2,048 positions x 8K classes, far beyond L2); the kernel reads each
+row once and keeps it in L1 (32 KB for 8K classes) for all three. objectives._ce_chunk takes it on CPU for float32
 logits on one device when it builds (fmjax/cpu_ffi.py); anywhere else XLA's path.
 tests/test_cpu_cross_entropy.py checks it against that path.
 """

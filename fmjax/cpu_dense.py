@@ -4,12 +4,12 @@ The backward pass of y = x w (+ b) needs dw = x^T g, a product over the token ax
 is the major axis of both row-major operands. XLA:CPU's GEMM library takes only [M, K] @
 [K, N] (or [N, K]^T) operands, so XLA copies a transpose first and then multiplies with an
 [I, N] @ [N, O] shape its kernels run below their peak. The kernel reads x^T in place, copies
-g's far-apart rows into L1 as it first reads them, and sums db = g's columns in the same call
-and fetches the next slices of g and x into L2 while it works on the current ones
-(bench_small's step on a 2-core Intel Xeon: 2.2% faster than with XLA's path, 764 vs 747
-ms in one process; without the fetching it was level, and a version that read g in place
-was 5-6% slower there and 2-4% faster than XLA's path on a Zen 5, not re-measured since). add_weight_grad accumulates dw += x^T g in
-place (the output layer's table gradient). layers.matmul takes it on CPU for float32 on one
+g's far-apart rows into L1 as it first reads them, fetches the next slices of g and x into
+L2 while it works on the current ones, and sums db = g's columns in the same call
+(bench_small's step on a 2-core Intel Xeon: 2.2% faster than with XLA's path, 747 vs 764 ms
+in one process; without the fetching it was level, and a version that read g in place was
+5-6% slower there and 2-4% faster than XLA's path on a Zen 5, not re-measured since).
+add_weight_grad accumulates dw += x^T g in place (the output layer's table gradient). layers.matmul takes it on CPU for float32 on one
 device (no mesh, or a mesh of one device) when it builds (fmjax/cpu_ffi.py); anywhere else
 XLA's path. tests/test_cpu_dense.py checks it against XLA.
 """

@@ -145,18 +145,22 @@ def _chunk_len(batch: int, length: int, classes: int) -> int:
     return best
 
 
-def _output_logits(x_BCD, table_VD, num_classes: int):
-    logits_BCV = jnp.einsum("bcd,vd->bcv", x_BCD, table_VD, preferred_element_type=jnp.float32)
-    if num_classes < table_VD.shape[0]:  # padded embedding rows never win
-        real_V = jnp.arange(table_VD.shape[0]) < num_classes
-        logits_BCV = jnp.where(real_V, logits_BCV, -jnp.inf)
+def _table_logits(x_BCD, table_VD):
+    return jnp.einsum("bcd,vd->bcv", x_BCD, table_VD, preferred_element_type=jnp.float32)
+
+
+def _padding_masked(logits_BCV, num_classes: int):
+    """-inf past the first num_classes columns: padded embedding rows never win."""
+    v = logits_BCV.shape[-1]
+    if num_classes < v:
+        logits_BCV = jnp.where(jnp.arange(v) < num_classes, logits_BCV, -jnp.inf)
     return logits_BCV
 
 
 def _ce_chunk(x_BCD, table_VD, targets_BC, weights_BC, num_classes: int):
     """(weighted CE sum, d sum / d logits) of one chunk of positions: fmjax's CPU kernel
     (fmjax/cpu_cross_entropy.py) where it applies, else XLA."""
-    logits_BCV = jnp.einsum("bcd,vd->bcv", x_BCD, table_VD, preferred_element_type=jnp.float32)
+    logits_BCV = _table_logits(x_BCD, table_VD)
     ce_BC, dlogits_BCV = cpu_ffi.kernel_or_xla(
         cpu_cross_entropy.applies(logits_BCV),
         functools.partial(cpu_cross_entropy.ce_and_grad, num_classes=num_classes),
@@ -167,8 +171,7 @@ def _ce_chunk(x_BCD, table_VD, targets_BC, weights_BC, num_classes: int):
 
 def _ce_and_grad_xla(logits_BCV, targets_BC, weights_BC, num_classes: int):
     v = logits_BCV.shape[-1]
-    if num_classes < v:  # padded embedding rows never win
-        logits_BCV = jnp.where(jnp.arange(v) < num_classes, logits_BCV, -jnp.inf)
+    logits_BCV = _padding_masked(logits_BCV, num_classes)
     max_BC1 = jnp.max(logits_BCV, axis=-1, keepdims=True)
     unnorm_BCV = jnp.exp(logits_BCV - max_BC1)
     sum_BC1 = jnp.sum(unnorm_BCV, axis=-1, keepdims=True)
@@ -207,7 +210,7 @@ def output_cross_entropy(x_BTD, table_VD, targets_BT, weights_BT, num_classes: i
     backward pass is a scaling."""
     def body(ce, chunk):
         x_BCD, targets_BC, weights_BC = chunk
-        logits_BCV = _output_logits(x_BCD, table_VD, num_classes)
+        logits_BCV = _padding_masked(_table_logits(x_BCD, table_VD), num_classes)
         return ce + cross_entropy(logits_BCV, targets_BC, weights_BC)[0], None
     chunks = _chunks(x_BTD, targets_BT, weights_BT, table_VD.shape[0])
     return jax.lax.scan(body, jnp.zeros((), jnp.float32), chunks)[0]
