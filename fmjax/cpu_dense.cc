@@ -22,6 +22,7 @@ constexpr int NB = 128;        // columns per task: NB, 2 NB or 4 NB
 constexpr int IB = 384;        // rows per task: IB, IB / 2, IB / 4 or IB / 8 (a multiple of MR)
 constexpr int TASKS_PER_THREAD = 4;  // at least, for balance beside the ops XLA runs alongside
 constexpr long BLOCK_FLOATS = 128 * 1024;  // of dw per task at most: its 512 KB stay in L2
+constexpr int FR = 384;       // rows of y per forward task at most (a multiple of MR)
 constexpr long PACK_X = 1024;  // from this many inputs on, x's rows are 4 KB or more apart:
                                // each task copies its slice of x contiguously per pass
 
@@ -142,6 +143,101 @@ ffi::Error weight_and_bias(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return weight_grad(pool, x, g, dw->typed_data(), db->typed_data());
 }
 
+
+// The forward pass y = x w (+ b) [N, O] for x [N, I], w [I, O]: tasks of FR rows x FC
+// columns of y (at least TASKS_PER_THREAD per thread), passes of KS steps of I; as in
+// weight_grad, each tile's first row panel copies w's slice into L1 and the others read the
+// copy. The last pass hands its sums to `out` (the epilogue: the bias, ...) while they are
+// in registers; earlier passes accumulate into y.
+struct Rows {
+  float* at;
+  long ld;
+  float* row(long i, int o) const { return at + i * ld + o; }
+};
+
+template <typename Epilogue>
+void affine_passes(ffi::ThreadPool& pool, const float* X, const float* Wm, long N, long I,
+                   long O, float* Y, const Epilogue& epilogue) {
+  int fc = O >= 256 ? 256 : int(round_up(O, NT)), fr = FR;
+  for (int c : {256, 192, 384, 320})  // equal tasks where a width divides O
+    if (O % c == 0) { fc = c; break; }
+  const int col_blocks = (O + fc - 1) / fc;
+  while (fr > 2 * MR && (N + fr - 1) / fr * col_blocks < TASKS_PER_THREAD * pool.num_threads())
+    fr = int(round_up(fr / 2, MR));
+  const int row_blocks = (N + fr - 1) / fr;
+  auto task = [&](int t) {
+    const int o0 = (t % col_blocks) * fc, cols = std::min<int>(O - o0, fc);
+    const long n0 = long(t / col_blocks) * fr, n1 = std::min<long>(N, n0 + fr);
+    const auto [slice] = scratch<1>({long{KS} * NT});
+    const int panels = (n1 - n0 + MR - 1) / MR;
+    for (long p0 = 0; p0 < I; p0 += KS) {
+      const int steps = std::min<long>(I - p0, KS);
+      const bool last = p0 + KS >= I;
+      for (int n = 0; n < cols; n += NT) {
+        const int nv = std::min(NV, (cols - n) / W);
+        // the next tile's slice of w (the next pass's first after the last tile), fetched
+        // into L2 a few rows per panel; w's rows are O * 4 bytes apart
+        const bool last_tile = n + NT >= cols;
+        const long next_p = last_tile ? p0 + KS : p0;
+        const int next_n = last_tile ? 0 : n + NT;
+        const int next_steps = std::max<long>(0, std::min<long>(I - next_p, KS));
+        for (long i = n0; i < n1; i += MR) {
+          const int rows = std::min<long>(MR, n1 - i), panel = (i - n0) / MR;
+          prefetch_share(Wm + next_p * O + o0 + next_n, O, next_steps,
+                         std::min(NT, cols - next_n), panel, panels);
+          if (n == 0 && i + MR < n1)  // the next panel's rows of x in this pass, into L2
+            prefetch_share(X + (i + MR) * I + p0, I, std::min<long>(MR, n1 - i - MR), steps,
+                           0, 1);
+          const float* a_rows[MR];
+          float* c_rows[MR];
+          row_pointers(X + i * I + p0, I, rows, a_rows);
+          row_pointers(Y + i * O + o0 + n, O, rows, c_rows);
+          auto out = [&](int r, int o, vf sum) {
+            epilogue(i + r, o0 + n + o, p0 > 0 ? sum + load(c_rows[r] + o) : sum);
+          };
+          const float* w = Wm + p0 * O + o0 + n;
+          if (i == n0 && last)  // the first panel reads w in place and copies the slice
+            tile_of<true>(nv, a_rows, 1, 0, steps, w, O, c_rows, rows, 0, 1.0f, p0 > 0, slice, out);
+          else if (i == n0)
+            tile_of<true>(nv, a_rows, 1, 0, steps, w, O, c_rows, rows, 0, 1.0f, p0 > 0, slice);
+          else if (last)
+            tile_of<false>(nv, a_rows, 1, 0, steps, slice, NT, c_rows, rows, 0, 1.0f, p0 > 0, nullptr, out);
+          else
+            tile_of<false>(nv, a_rows, 1, 0, steps, slice, NT, c_rows, rows, 0, 1.0f, p0 > 0);
+        }
+      }
+    }
+  };
+  parallel_for(pool, row_blocks * col_blocks, task);
+}
+
+ffi::Error check_affine(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& w) {
+  if (w.dimensions()[0] != x.dimensions()[1] || w.dimensions()[1] % W)
+    return ffi::Error::InvalidArgument("fmjax cpu dense: x must be [N, I] and w [I, O], O a "
+                                       "multiple of the vector width");
+  return ffi::Error::Success();
+}
+
+ffi::Error affine(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                  ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y) {
+  if (auto error = check_affine(x, w); error.failure()) return error;
+  const long N = x.dimensions()[0], I = x.dimensions()[1], O = w.dimensions()[1];
+  const float* B = b.typed_data();
+  float* Y = y->typed_data();
+  affine_passes(pool, x.typed_data(), w.typed_data(), N, I, O, Y,
+                [=](long i, long o, vf sum) { store(Y + i * O + o, sum + load(B + o)); });
+  return ffi::Error::Success();
+}
+
+ffi::Error linear(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                  ffi::ResultBuffer<ffi::F32> y) {
+  if (auto error = check_affine(x, w); error.failure()) return error;
+  const long N = x.dimensions()[0], I = x.dimensions()[1], O = w.dimensions()[1];
+  float* Y = y->typed_data();
+  affine_passes(pool, x.typed_data(), w.typed_data(), N, I, O, Y,
+                [=](long i, long o, vf sum) { store(Y + i * O + o, sum); });
+  return ffi::Error::Success();
+}
 }  // namespace
 
 // The XLA FFI entry points (fmjax/cpu_dense.py registers them by these names).
@@ -157,3 +253,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(  // x, g -> dw, db
     FmjaxDenseWeightBiasGrad, weight_and_bias,
     ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Floats>().Arg<Floats>().Ret<Floats>()
         .Ret<Floats>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(  // x, w, b -> x w + b
+    FmjaxDenseAffine, affine,
+    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Floats>().Arg<Floats>().Arg<Floats>()
+        .Ret<Floats>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(  // x, w -> x w
+    FmjaxDenseLinear, linear,
+    ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<Floats>().Arg<Floats>().Ret<Floats>());

@@ -26,7 +26,9 @@ from fmjax import cpu_ffi
 SOURCE = pathlib.Path(__file__).with_name("cpu_dense.cc")
 _TARGETS = {"fmjax_cpu_dense_dw": "FmjaxDenseWeightGrad",
             "fmjax_cpu_dense_dw_db": "FmjaxDenseWeightBiasGrad",
-            "fmjax_cpu_dense_add_dw": "FmjaxDenseAddWeightGrad"}
+            "fmjax_cpu_dense_add_dw": "FmjaxDenseAddWeightGrad",
+            "fmjax_cpu_dense_affine": "FmjaxDenseAffine",
+            "fmjax_cpu_dense_linear": "FmjaxDenseLinear"}
 
 
 @functools.cache
@@ -83,3 +85,33 @@ def add_weight_grad(dw_IO, x_NI, g_NO):
     reads dw afterwards (a scan's carry): no separate pass of the sum over dw."""
     return cpu_ffi.kernel_or_xla(applies(x_NI, g_NO), _add_kernel, _add_xla, x_NI, g_NO,
                                  dw_IO.astype(jnp.float32))
+
+
+
+def forward_applies(x_NI, w_IO) -> bool:
+    """Whether affine runs the kernel (else XLA's path): as `applies`, for x [N, I], w [I, O]."""
+    return (x_NI.ndim == w_IO.ndim == 2 and x_NI.dtype == w_IO.dtype == jnp.float32
+            and w_IO.shape[1] % cpu_ffi.MULTIPLE == 0 and cpu_ffi.single_cpu_device()
+            and unavailable() is None)
+
+
+def _affine_xla(x_NI, w_IO, b_O, preferred_element_type=None):
+    y_NO = jnp.matmul(x_NI, w_IO, preferred_element_type=preferred_element_type)
+    return y_NO if b_O is None else y_NO + b_O
+
+
+def _affine_kernel(x_NI, w_IO, b_O):
+    y_NO = jax.ShapeDtypeStruct((x_NI.shape[0], w_IO.shape[1]), jnp.float32)
+    if b_O is None:
+        call = jax.ffi.ffi_call("fmjax_cpu_dense_linear", y_NO, vmap_method="sequential")
+        return call(x_NI, w_IO)
+    call = jax.ffi.ffi_call("fmjax_cpu_dense_affine", y_NO, vmap_method="sequential")
+    return call(x_NI, w_IO, b_O)
+
+
+def affine(x_NI, w_IO, b_O, preferred_element_type=None):
+    """x w (+ b unless None) for x [N, I], w [I, O]: the kernel where `forward_applies`, else
+    XLA (its product in preferred_element_type, as jnp.matmul)."""
+    xla = functools.partial(_affine_xla, preferred_element_type=preferred_element_type)
+    return cpu_ffi.kernel_or_xla(forward_applies(x_NI, w_IO), _affine_kernel, xla, x_NI, w_IO,
+                                 b_O)

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -83,11 +84,12 @@ inline vf vexp(vf x) {
 
 // C[r, n0:n0+NVT*W] (+)= alpha * sum_{p0 <= p < p1} a_rows[r][p * ap] * B[p * ldb + n0:...].
 // With COPY, the rows of B it loads are also stored at copy + p * NV * W: packed, for the
-// tiles that use the same slice of B next.
-template <int NVT, bool COPY = false>
+// tiles that use the same slice of B next. With an `out` function, the sums go to
+// out(r, n0 + v * W, sum) instead (alpha and accumulate unused): a GEMM's epilogue.
+template <int NVT, bool COPY = false, typename Out = std::nullptr_t>
 inline void tile(const float* const* a_rows, long ap, int p0, int p1, const float* B, long ldb,
                  float* const* c_rows, int rows, int n0, float alpha, bool accumulate,
-                 float* copy = nullptr) {
+                 float* copy = nullptr, const Out& out = nullptr) {
   vf c[MR][NVT];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NVT; ++v) c[r][v] = vf{};
@@ -106,12 +108,17 @@ inline void tile(const float* const* a_rows, long ap, int p0, int p1, const floa
       for (int v = 0; v < NVT; ++v) c[r][v] += a * bv[v];
     }
   }
-  for (int r = 0; r < rows; ++r)
-    for (int v = 0; v < NVT; ++v) {
-      float* out = c_rows[r] + n0 + v * W;
-      vf x = c[r][v] * alpha;
-      store(out, accumulate ? x + load(out) : x);
-    }
+  if constexpr (!std::is_same_v<Out, std::nullptr_t>) {
+    for (int r = 0; r < rows; ++r)
+      for (int v = 0; v < NVT; ++v) out(r, n0 + v * W, c[r][v]);
+  } else {
+    for (int r = 0; r < rows; ++r)
+      for (int v = 0; v < NVT; ++v) {
+        float* at = c_rows[r] + n0 + v * W;
+        vf x = c[r][v] * alpha;
+        store(at, accumulate ? x + load(at) : x);
+      }
+  }
 }
 
 // tile<nv, COPY>(args...) for a tile of nv <= NV vectors

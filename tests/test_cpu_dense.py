@@ -1,4 +1,4 @@
-"""fmjax's weight-gradient kernel for XLA:CPU (fmjax/cpu_dense.cc) against XLA's path."""
+"""fmjax's dense GEMM kernels for XLA:CPU (fmjax/cpu_dense.cc) against XLA's path and float64."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,6 +42,28 @@ def test_kernel_matches_xla(n, i, o, with_bias):
                                atol=1e-4 * np.sqrt(n))
 
 
+# rows past whole panels and tasks (n % 6, n % 384), steps past a pass (i % 128), columns past
+# whole tiles and tasks (o % 64, o % 256), tasks halved for few rows, x's rows 4 KB apart or
+# more (i >= 1024; their prefetch), bench_small's MLP shape
+@pytest.mark.parametrize("n,i,o", [(8, 4, 16), (600, 53, 80), (1100, 300, 208), (7, 129, 400),
+                                   (389, 1030, 48), (64, 384, 1152), (2048, 384, 1536)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_forward_kernel_matches_float64(n, i, o, with_bias):
+    rng = np.random.default_rng(4)
+    x, w = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in ((n, i), (i, o)))
+    b = jnp.linspace(-2, 2, o, dtype=jnp.float32) if with_bias else None
+    assert cpu_dense.forward_applies(x, w)
+    affine = jax.jit(cpu_dense.affine)
+    assert ("fmjax_cpu_dense_affine" if with_bias else "fmjax_cpu_dense_linear") in (
+        affine.lower(x, w, b).as_text())
+    want = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+    if with_bias:
+        want += np.asarray(b, np.float64)
+    np.testing.assert_allclose(affine(x, w, b), want, rtol=1e-5, atol=1e-4 * np.sqrt(i))
+    np.testing.assert_allclose(affine(x, w, b), cpu_dense._affine_xla(x, w, b), rtol=1e-5,
+                               atol=1e-4 * np.sqrt(i))
+
+
 def test_dense_gradients_equal_autodiff():
     """layers.matmul's custom backward (kernel on CPU) gives autodiff's gradients of x w + b."""
     x, g = _operands(96, 40, 48, seed=1)
@@ -60,11 +82,17 @@ def test_where_the_kernel_does_not_apply():
     """XLA's path for bfloat16, output widths that are not whole vectors, meshes of several
     devices (the kernel is not partitioned) and programs lowered for another platform."""
     x, g = _operands(32, 8, 32)
+    w = g[:8]
     assert not cpu_dense.applies(x.astype(jnp.bfloat16), g.astype(jnp.bfloat16))
+    assert not cpu_dense.forward_applies(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
     assert not cpu_dense.applies(x, g[:, :24])
+    assert not cpu_dense.forward_applies(x, w[:, :24])
     mesh = jax.make_mesh((2,), ("data",), devices=jax.devices()[:2])
     with mesh_lib.activate(mesh):
         assert not cpu_dense.applies(x, g)
+        assert not cpu_dense.forward_applies(x, w)
+    tpu = jax.jit(cpu_dense.affine).trace(x, w, g[0]).lower(lowering_platforms=("tpu",)).as_text()
+    assert "fmjax_cpu_dense" not in tpu and "dot_general" in tpu
     tpu = jax.jit(lambda x, g: cpu_dense.weight_grads(x, g, True)).trace(x, g).lower(
         lowering_platforms=("tpu",)).as_text()
     assert "fmjax_cpu_dense" not in tpu and "dot_general" in tpu

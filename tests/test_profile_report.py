@@ -45,6 +45,7 @@ def test_bench_profile_accounts_for_the_whole_step():
     ops = r["profile"]["ops"]
     assert sum(share for _, _, share in ops) == pytest.approx(1.0)
     groups = [group for group, _, _ in ops]
-    assert "FWD layer_*/mlp/up/dot_general" in groups and any(g.startswith("BWD ") for g in groups)
+    assert any(g.startswith("FWD layer_*/mlp/up/") for g in groups)  # named by module
+    assert any(g.startswith("BWD ") for g in groups)
     assert r["profile"]["wall_ms_per_step"] > 0
     assert "where the wall time goes (2 profiled steps" in profile_report.format_report(r["profile"])

@@ -224,9 +224,9 @@ def _output_ce_fwd(x_BTD, table_VD, targets_BT, weights_BT, num_classes):
         weight-gradient GEMM of layers.matmul: row-major operands) added to dtable_VD."""
         ce, dlogits_BCV = _ce_chunk(x_BCD, table_VD, targets_BC, weights_BC, num_classes)
         dlogits_BCV = dlogits_BCV.astype(x_BCD.dtype)  # GEMMs in the compute dtype, as autodiff
-        dx_BCD = jnp.einsum("bcv,vd->bcd", dlogits_BCV, table_VD,
-                            preferred_element_type=jnp.float32)
         dlogits_NV, x_ND = dlogits_BCV.reshape(-1, v), x_BCD.reshape(-1, d)
+        dx_BCD = cpu_dense.affine(dlogits_NV, table_VD, None,
+                                  preferred_element_type=jnp.float32).reshape(x_BCD.shape)
         if dtable_VD is None:
             dtable_VD = cpu_dense.weight_grads(dlogits_NV, x_ND, with_bias=False)[0]
         else:
