@@ -143,17 +143,11 @@ ffi::Error weight_and_bias(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return weight_grad(pool, x, g, dw->typed_data(), db->typed_data());
 }
 
-
-// The forward pass y = x w (+ b) [N, O] for x [N, I], w [I, O]: tasks of FR rows x FC
-// columns of y (at least TASKS_PER_THREAD per thread), passes of KS steps of I; as in
+// The forward pass y = x w (+ b) [N, O] for x [N, I], w [I, O]: tasks of up to FR rows x 256
+// columns of y (at least TASKS_PER_THREAD per thread), passes of KS steps of I. As in
 // weight_grad, each tile's first row panel copies w's slice into L1 and the others read the
-// copy. The last pass hands its sums to `out` (the epilogue: the bias, ...) while they are
-// in registers; earlier passes accumulate into y.
-struct Rows {
-  float* at;
-  long ld;
-  float* row(long i, int o) const { return at + i * ld + o; }
-};
+// copy. The first pass fetches y's rows for writing as each tile starts; later passes add to
+// them, and the last hands its sums to `epilogue` (the bias) while they are in registers.
 
 template <typename Epilogue>
 void affine_passes(ffi::ThreadPool& pool, const float* X, const float* Wm, long N, long I,
@@ -192,6 +186,9 @@ void affine_passes(ffi::ThreadPool& pool, const float* X, const float* Wm, long 
           float* c_rows[MR];
           row_pointers(X + i * I + p0, I, rows, a_rows);
           row_pointers(Y + i * O + o0 + n, O, rows, c_rows);
+          if (p0 == 0)  // y's rows are cold: fetched for writing while the products run
+            for (int r = 0; r < rows; ++r)
+              for (int v = 0; v < nv; ++v) __builtin_prefetch(c_rows[r] + v * W, 1);
           auto out = [&](int r, int o, vf sum) {
             epilogue(i + r, o0 + n + o, p0 > 0 ? sum + load(c_rows[r] + o) : sum);
           };
