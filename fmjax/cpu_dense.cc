@@ -1,4 +1,5 @@
-// fmjax's weight-gradient GEMM for XLA:CPU (float32), called through the XLA FFI.
+// fmjax's dense GEMMs for XLA:CPU (float32), called through the XLA FFI: the weight gradient
+// and (at the end of this file) the forward product y = x w (+ b).
 //
 // dw[I, O] = x[N, I]^T g[N, O] and, for layers with a bias, db[O] = sum_n g[n, :]: the
 // backward pass of y = x w (+ b) for row-major x and g. XLA:CPU's GEMM library takes only
@@ -11,7 +12,7 @@
 // copy from L1. Meanwhile those panels fetch the next slice of g and the next pass's rows of
 // x into L2, a few rows each (10-15% faster alone on an Intel Xeon). A third entry adds
 // x^T g into an existing dw in place (the output layer's table gradient, summed over chunks
-// of tokens). fmjax/cpu_dense.py binds it; tests/test_cpu_dense.py checks it against XLA.
+// of tokens). fmjax/cpu_dense.py binds them; tests/test_cpu_dense.py checks them.
 #include "cpu_kernels.h"
 
 namespace {
