@@ -4,12 +4,12 @@ Source:   fmjax benchmark settings (no paper): GPT-2 family, 6 layers, 6 heads, 
           seq 256, vocab 8192, batch 8, float32, 1 device.
 Command:  python -m fmjax.bench --config=configs/bench_small.py
 Budget:   3 warm-up + 10 timed steps, about a minute on a 2-core CPU.
-Expected: ~83-87% MFU (about 247-267 model GFLOP/s, 2,750-2,970 tokens/s) on a 2-core Intel
+Expected: ~83-90% MFU (about 252-261 model GFLOP/s, 2,810-2,900 tokens/s) on a 2-core Intel
           Xeon with AVX-512, moving with the host's speed and its measured matmul peak: the
-          goal of >= 85% is reached at the median of 14 runs there (85.2%), not in every run
-          (see README, Performance). The code of
-          the day before measured ~79-85% on a 2-core AMD EPYC (Zen 5) host (about 350-400
-          GFLOP/s); the current code has not run there.
+          goal of >= 85% is met at the median of 12 runs there (87.4%; 10 of 12 at 85% or
+          more; see README, Performance). The code of two sessions before measured ~79-85%
+          on a 2-core AMD EPYC (Zen 5) host (about 350-400 GFLOP/s); the current code has
+          not run there.
 """
 from fmjax.config import base_config
 

@@ -149,7 +149,6 @@ ffi::Error weight_and_bias(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 // weight_grad, each tile's first row panel copies w's slice into L1 and the others read the
 // copy. The first pass fetches y's rows for writing as each tile starts; later passes add to
 // them, and the last hands its sums to `epilogue` (the bias) while they are in registers.
-
 template <typename Epilogue>
 void affine_passes(ffi::ThreadPool& pool, const float* X, const float* Wm, long N, long I,
                    long O, float* Y, const Epilogue& epilogue) {
@@ -191,17 +190,18 @@ void affine_passes(ffi::ThreadPool& pool, const float* X, const float* Wm, long 
             for (int r = 0; r < rows; ++r)
               for (int v = 0; v < nv; ++v) __builtin_prefetch(c_rows[r] + v * W, 1);
           auto out = [&](int r, int o, vf sum) {
-            epilogue(i + r, o0 + n + o, p0 > 0 ? sum + load(c_rows[r] + o) : sum);
+            if (p0 > 0) sum += load(c_rows[r] + o);
+            if (last)
+              epilogue(i + r, o0 + n + o, sum);
+            else
+              store(c_rows[r] + o, sum);
           };
-          const float* w = Wm + p0 * O + o0 + n;
-          if (i == n0 && last)  // the first panel reads w in place and copies the slice
-            tile_of<true>(nv, a_rows, 1, 0, steps, w, O, c_rows, rows, 0, 1.0f, p0 > 0, slice, out);
-          else if (i == n0)
-            tile_of<true>(nv, a_rows, 1, 0, steps, w, O, c_rows, rows, 0, 1.0f, p0 > 0, slice);
-          else if (last)
-            tile_of<false>(nv, a_rows, 1, 0, steps, slice, NT, c_rows, rows, 0, 1.0f, p0 > 0, nullptr, out);
+          if (i == n0)  // the first panel reads w in place and copies the slice
+            tile_of<true>(nv, a_rows, 1, 0, steps, Wm + p0 * O + o0 + n, O, c_rows, rows, 0,
+                          1.0f, p0 > 0, slice, out);
           else
-            tile_of<false>(nv, a_rows, 1, 0, steps, slice, NT, c_rows, rows, 0, 1.0f, p0 > 0);
+            tile_of<false>(nv, a_rows, 1, 0, steps, slice, NT, c_rows, rows, 0, 1.0f, p0 > 0,
+                           nullptr, out);
         }
       }
     }

@@ -85,7 +85,8 @@ inline vf vexp(vf x) {
 // C[r, n0:n0+NVT*W] (+)= alpha * sum_{p0 <= p < p1} a_rows[r][p * ap] * B[p * ldb + n0:...].
 // With COPY, the rows of B it loads are also stored at copy + p * NV * W: packed, for the
 // tiles that use the same slice of B next. With an `out` function, the sums go to
-// out(r, n0 + v * W, sum) instead (alpha and accumulate unused): a GEMM's epilogue.
+// out(r, n0 + v * W, sum) instead (alpha unused; accumulate only fetches C's rows early): a
+// GEMM's epilogue.
 template <int NVT, bool COPY = false, typename Out = std::nullptr_t>
 inline void tile(const float* const* a_rows, long ap, int p0, int p1, const float* B, long ldb,
                  float* const* c_rows, int rows, int n0, float alpha, bool accumulate,

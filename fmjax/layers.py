@@ -45,7 +45,8 @@ def matmul(x_NI, w_IO, b_O):
     kernel, which reads x^T in place, on one CPU device; elsewhere an explicit transpose of
     the saved x, so the gradient g stays row-major (15% faster steps for
     configs/bench_small.py than autodiff; the kernel 2-4% more on a Zen 5 and on an Intel
-    Xeon)."""
+    Xeon). The forward product is cpu_dense.affine: fmjax's GEMM with the bias added in its
+    registers on one CPU device, else XLA's (3% faster steps on the Intel Xeon)."""
     return cpu_dense.affine(x_NI, w_IO, b_O)
 
 
