@@ -13,7 +13,6 @@ optax. tests/test_cpu_adamw.py checks it against optax.
 """
 from __future__ import annotations
 
-import functools
 import pathlib
 
 import jax
@@ -25,11 +24,7 @@ from fmjax import cpu_ffi
 SOURCE = pathlib.Path(__file__).with_name("cpu_adamw.cc")
 _TARGETS = {"fmjax_cpu_adamw": "FmjaxAdamW"}
 
-
-@functools.cache
-def unavailable() -> str | None:
-    """None once the kernel is built and registered with XLA:CPU, else why it cannot be."""
-    return cpu_ffi.load(SOURCE, _TARGETS)
+unavailable = cpu_ffi.loader(SOURCE, _TARGETS)  # None once built and registered, else why not
 
 
 def applies(config, params, trainable) -> bool:

@@ -31,11 +31,7 @@ _TARGETS = {"fmjax_cpu_attention_fwd": "FmjaxAttentionForward",
             "fmjax_cpu_attention_fwd_packed": "FmjaxAttentionForwardPacked",
             "fmjax_cpu_attention_bwd_packed": "FmjaxAttentionBackwardPacked"}
 
-
-@functools.cache
-def unavailable() -> str | None:
-    """None once the kernel is built and registered with XLA:CPU, else why it cannot be."""
-    return cpu_ffi.load(SOURCE, _TARGETS)
+unavailable = cpu_ffi.loader(SOURCE, _TARGETS)  # None once built and registered, else why not
 
 
 def unsupported(q_BTHK, k_BSHK, bias=None) -> str | None:

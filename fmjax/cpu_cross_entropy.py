@@ -10,7 +10,6 @@ tests/test_cpu_cross_entropy.py checks it against that path.
 """
 from __future__ import annotations
 
-import functools
 import pathlib
 
 import jax
@@ -22,11 +21,7 @@ from fmjax import cpu_ffi
 SOURCE = pathlib.Path(__file__).with_name("cpu_cross_entropy.cc")
 _TARGETS = {"fmjax_cpu_cross_entropy": "FmjaxCrossEntropy"}
 
-
-@functools.cache
-def unavailable() -> str | None:
-    """None once the kernel is built and registered with XLA:CPU, else why it cannot be."""
-    return cpu_ffi.load(SOURCE, _TARGETS)
+unavailable = cpu_ffi.loader(SOURCE, _TARGETS)  # None once built and registered, else why not
 
 
 def applies(logits_NV) -> bool:

@@ -39,11 +39,7 @@ _TARGETS = {"fmjax_cpu_dense_dw": "FmjaxDenseWeightGrad",
             "fmjax_cpu_dense_affine": "FmjaxDenseAffine",
             "fmjax_cpu_dense_linear": "FmjaxDenseLinear"}
 
-
-@functools.cache
-def unavailable() -> str | None:
-    """None once the kernel is built and registered with XLA:CPU, else why it cannot be."""
-    return cpu_ffi.load(SOURCE, _TARGETS)
+unavailable = cpu_ffi.loader(SOURCE, _TARGETS)  # None once built and registered, else why not
 
 
 def applies(x_NI, g_NO) -> bool:

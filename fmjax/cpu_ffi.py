@@ -6,10 +6,14 @@ g++ or clang++; -O3 -march=native, or -march=$FMJAX_CPU_ARCH) against the XLA FF
 that jaxlib ships, into `$FMJAX_CACHE_DIR` (default ~/.cache/fmjax), named by a hash of
 everything that affects the binary (sources, compiler, flags, jax, the CPU's features), so a
 build runs once per host and version and concurrent processes do not clash.
+
+`FMJAX_CPU_KERNELS=0` in the environment turns every kernel off (XLA's paths everywhere, e.g.
+to compare numerics); it is read when a kernel is first used.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import pathlib
@@ -88,6 +92,17 @@ def load(source: pathlib.Path, targets: dict[str, str]) -> str | None:
     except (OSError, RuntimeError, AttributeError) as e:
         return f"building {source.name} failed: {e}"
     return None
+
+
+def loader(source: pathlib.Path, targets: dict[str, str]):
+    """The `unavailable()` of one kernel source: None once it is built and registered (on the
+    first call; the answer is cached), else why it cannot be."""
+    @functools.cache
+    def unavailable() -> str | None:
+        if os.environ.get("FMJAX_CPU_KERNELS", "1") == "0":
+            return "turned off by FMJAX_CPU_KERNELS=0"
+        return load(source, targets)
+    return unavailable
 
 
 def single_cpu_device() -> bool:

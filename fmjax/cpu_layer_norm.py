@@ -9,7 +9,6 @@ tests/test_cpu_layer_norm.py checks it against that path.
 """
 from __future__ import annotations
 
-import functools
 import pathlib
 
 import jax
@@ -22,11 +21,7 @@ SOURCE = pathlib.Path(__file__).with_name("cpu_layer_norm.cc")
 _TARGETS = {"fmjax_cpu_layer_norm_fwd": "FmjaxLayerNormForward",
             "fmjax_cpu_layer_norm_bwd": "FmjaxLayerNormBackward"}
 
-
-@functools.cache
-def unavailable() -> str | None:
-    """None once the kernel is built and registered with XLA:CPU, else why it cannot be."""
-    return cpu_ffi.load(SOURCE, _TARGETS)
+unavailable = cpu_ffi.loader(SOURCE, _TARGETS)  # None once built and registered, else why not
 
 
 def applies(x_ND) -> bool:
