@@ -6,7 +6,7 @@ Command:  python -m fmjax.bench --config=configs/bench_small.py
 Budget:   3 warm-up + 10 timed steps, about a minute on a 2-core CPU.
 Expected: ~83-90% MFU (about 252-261 model GFLOP/s, 2,810-2,900 tokens/s) on a 2-core Intel
           Xeon with AVX-512, moving with the host's speed and its measured matmul peak: the
-          goal of >= 85% is met there in 22 of 24 runs (median 88.0%; see README,
+          goal of >= 85% is met there in 22 of 24 runs (median 88.1%; see README,
           Performance). The code of two sessions before measured ~79-85%
           on a 2-core AMD EPYC (Zen 5) host (about 350-400 GFLOP/s); the current code has
           not run there.
