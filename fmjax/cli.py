@@ -109,11 +109,15 @@ def run(main):
 
 def run_stage(stage, workdir: str):
     """The body of the train and finetune CLIs: jax.distributed (fmjax.distributed), CPU
-    runtime settings, `stage(config, workdir)`, its report (process 0 prints it); a startup
+    runtime settings, the persistent compilation cache, `stage(config, workdir)`, its report (process 0 prints it); a startup
     failure or a NaN/inf loss exits 1 with the loop's message (step, last good checkpoint)."""
     import jax
     from fmjax import cpu_runtime, flops
     from fmjax.loop import NonFiniteLoss
+    config = load_config()
+    if config.get("compilation_cache_dir"):  # before the first compile; every program, however
+        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)  # quick
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     try:  # before anything touches devices
         distributed.initialize()
     except distributed.DistributedError as e:
@@ -122,7 +126,7 @@ def run_stage(stage, workdir: str):
         cpu_runtime.configure()  # keep XLA:CPU's per-step temporaries mapped (see the module)
         flops.host_probe()  # the MFU peak, before any data pipeline thread shares the cores
     try:
-        report = stage(load_config(), workdir)
+        report = stage(config, workdir)
     except (NonFiniteLoss, distributed.DistributedError) as e:
         raise SystemExit(f"error: {e}")
     if jax.process_index() == 0:

@@ -24,6 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.objective = "causal_lm"  # registered objective name (fmjax/objectives/)
     c.allow_config_change = False  # resume even if model/data keys differ from the checkpoint
     c.init_from = ""  # finetune: pretrain workdir, one of its checkpoint step dirs, or an export
+    c.compilation_cache_dir = ""  # JAX's persistent compilation cache in this directory; "" = off
 
     c.model = m = ml_collections.ConfigDict()
     m.family = "gpt2"  # registered model family (fmjax/models/): gpt2 | llama | bert | t5 | t5_1_1

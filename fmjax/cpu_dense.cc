@@ -76,7 +76,7 @@ ffi::Error weight_grad(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
   auto task = [&](int t) {
     const int o0 = (t % col_blocks) * nb, cols = std::min<int>(O - o0, nb);
     const int i0 = (t / col_blocks) * ib, i1 = std::min<int>(I, i0 + ib);
-    const auto [slice, xs] = scratch<2>({long{KS} * NT, long{KS} * IB});
+    const auto [slice, xs] = scratch<2>({long{KS} * NT, I >= PACK_X ? long{KS} * IB : 0});
     for (long p0 = 0; p0 < N; p0 += KS) {
       const int steps = std::min<long>(N - p0, KS);
       const bool add = accumulate || p0 > 0;

@@ -64,11 +64,15 @@ def test_run_writes_config_checkpoints_tensorboard(full_run):
 def test_restart_resumes_from_the_saved_step_exactly(full_run, tmp_path, data_dir):
     workdir, _ = full_run
     resumed = str(tmp_path / "resumed")
+    cache = tmp_path / "xla_cache"  # the second half runs the first half's compiled programs
     common = [*TINY, f"--workdir={resumed}", f"--config.data.tfds_data_dir={data_dir}",
-              "--config.train.steps=60"]
+              f"--config.compilation_cache_dir={cache}", "--config.train.steps=60"]
     # first half: stop after step 40 by asking for 40 steps, then continue to 60
     cli("fmjax.train", *common[:-1], "--config.train.steps=40")
+    cached = sorted(os.listdir(cache))
+    assert len(cached) >= 3  # init, train step, eval step (at least)
     out = cli("fmjax.train", *common)
+    assert sorted(os.listdir(cache)) == cached  # nothing compiled afresh: every program cached
     assert "resumed from step 40" in out
     full = {r["step"]: r["loss"] for r in metrics(workdir) if "loss" in r}
     again = {r["step"]: r["loss"] for r in metrics(resumed) if "loss" in r and r["step"] > 40}
