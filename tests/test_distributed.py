@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fmjax import distributed
+from fmjax.config import base_config
 from fmjax.distributed import DistributedError, Spec, resolve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,7 +136,7 @@ def test_stage_starts_after_the_cpu_peak_is_measured(monkeypatch, capsys):
     from fmjax import cli, flops
     monkeypatch.setattr(flops, "_HOST_PROBE", None)
     monkeypatch.setattr(distributed, "initialize", lambda: None)
-    monkeypatch.setattr(cli, "load_config", lambda: None)
+    monkeypatch.setattr(cli, "load_config", base_config)
     seen = {}
 
     class Report:
