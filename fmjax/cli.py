@@ -108,15 +108,17 @@ def run(main):
 
 
 def run_stage(stage, workdir: str):
-    """The body of the train and finetune CLIs: jax.distributed (fmjax.distributed), CPU
-    runtime settings, the persistent compilation cache, `stage(config, workdir)`, its report (process 0 prints it); a startup
-    failure or a NaN/inf loss exits 1 with the loop's message (step, last good checkpoint)."""
+    """The body of the train and finetune CLIs: the persistent compilation cache,
+    jax.distributed (fmjax.distributed), CPU runtime settings, `stage(config, workdir)`, its
+    report (process 0 prints it); a startup failure or a NaN/inf loss exits 1 with the loop's
+    message (step, last good checkpoint)."""
     import jax
     from fmjax import cpu_runtime, flops
     from fmjax.loop import NonFiniteLoss
     config = load_config()
-    if config.get("compilation_cache_dir"):  # before the first compile; every program, however
-        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)  # quick
+    if config.get("compilation_cache_dir"):  # before the first compile (JAX fixes its cache
+        # there; the CPU peak probe below compiles too), for every program however quick
+        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     try:  # before anything touches devices
         distributed.initialize()
