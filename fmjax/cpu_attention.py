@@ -51,12 +51,8 @@ def log_fallback(reason: str) -> None:
     logging.warning("fmjax: attention uses the XLA core, not the fused CPU kernel: %s", reason)
 
 
-def _f32(*shapes):
-    return tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
-
-
 def _call(target, out_shapes, *args, scale, causal):
-    return jax.ffi.ffi_call(target, _f32(*out_shapes))(*args, scale=np.float32(scale),
+    return jax.ffi.ffi_call(target, cpu_ffi.f32(*out_shapes))(*args, scale=np.float32(scale),
                                                         causal=causal)
 
 

@@ -209,32 +209,30 @@ void affine_passes(ffi::ThreadPool& pool, const float* X, const float* Wm, long 
   parallel_for(pool, row_blocks * col_blocks, task);
 }
 
-ffi::Error check_affine(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& w) {
-  if (w.dimensions()[0] != x.dimensions()[1] || w.dimensions()[1] % W)
+// y = x w (+ b[O] where B is not null), after checking the shapes
+ffi::Error forward(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& x,
+                   const ffi::Buffer<ffi::F32>& w, const float* B, float* Y) {
+  const long N = x.dimensions()[0], I = x.dimensions()[1], O = w.dimensions()[1];
+  if (w.dimensions()[0] != I || O % W)
     return ffi::Error::InvalidArgument("fmjax cpu dense: x must be [N, I] and w [I, O], O a "
                                        "multiple of the vector width");
+  if (B)
+    affine_passes(pool, x.typed_data(), w.typed_data(), N, I, O, Y,
+                  [=](long i, long o, vf sum) { store(Y + i * O + o, sum + load(B + o)); });
+  else
+    affine_passes(pool, x.typed_data(), w.typed_data(), N, I, O, Y,
+                  [=](long i, long o, vf sum) { store(Y + i * O + o, sum); });
   return ffi::Error::Success();
 }
 
 ffi::Error affine(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                   ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y) {
-  if (auto error = check_affine(x, w); error.failure()) return error;
-  const long N = x.dimensions()[0], I = x.dimensions()[1], O = w.dimensions()[1];
-  const float* B = b.typed_data();
-  float* Y = y->typed_data();
-  affine_passes(pool, x.typed_data(), w.typed_data(), N, I, O, Y,
-                [=](long i, long o, vf sum) { store(Y + i * O + o, sum + load(B + o)); });
-  return ffi::Error::Success();
+  return forward(pool, x, w, b.typed_data(), y->typed_data());
 }
 
 ffi::Error linear(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                   ffi::ResultBuffer<ffi::F32> y) {
-  if (auto error = check_affine(x, w); error.failure()) return error;
-  const long N = x.dimensions()[0], I = x.dimensions()[1], O = w.dimensions()[1];
-  float* Y = y->typed_data();
-  affine_passes(pool, x.typed_data(), w.typed_data(), N, I, O, Y,
-                [=](long i, long o, vf sum) { store(Y + i * O + o, sum); });
-  return ffi::Error::Success();
+  return forward(pool, x, w, nullptr, y->typed_data());
 }
 }  // namespace
 

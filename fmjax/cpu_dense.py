@@ -42,12 +42,13 @@ _TARGETS = {"fmjax_cpu_dense_dw": "FmjaxDenseWeightGrad",
 unavailable = cpu_ffi.loader(SOURCE, _TARGETS)  # None once built and registered, else why not
 
 
-def applies(x_NI, g_NO) -> bool:
-    """Whether weight_grads runs the kernel for these operands (else it runs XLA's path): a
-    CPU backend, float32 2-D operands, whole vectors of output features, no mesh of more than
-    one device (the kernel is not partitioned), and a kernel that builds."""
-    return (x_NI.ndim == g_NO.ndim == 2 and x_NI.dtype == g_NO.dtype == jnp.float32
-            and g_NO.shape[1] % cpu_ffi.MULTIPLE == 0 and cpu_ffi.single_cpu_device()
+def applies(x_NI, b_NO) -> bool:
+    """Whether the kernels run for x [N, I] and a second operand [., O] (weight_grads' g,
+    affine's w; else XLA's path): a CPU backend, float32 2-D operands, whole vectors of output
+    features, no mesh of more than one device (the kernels are not partitioned), and kernels
+    that build."""
+    return (x_NI.ndim == b_NO.ndim == 2 and x_NI.dtype == b_NO.dtype == jnp.float32
+            and b_NO.shape[1] % cpu_ffi.MULTIPLE == 0 and cpu_ffi.single_cpu_device()
             and unavailable() is None)
 
 
@@ -92,14 +93,6 @@ def add_weight_grad(dw_IO, x_NI, g_NO):
                                  dw_IO.astype(jnp.float32))
 
 
-
-def forward_applies(x_NI, w_IO) -> bool:
-    """Whether affine runs the kernel (else XLA's path): as `applies`, for x [N, I], w [I, O]."""
-    return (x_NI.ndim == w_IO.ndim == 2 and x_NI.dtype == w_IO.dtype == jnp.float32
-            and w_IO.shape[1] % cpu_ffi.MULTIPLE == 0 and cpu_ffi.single_cpu_device()
-            and unavailable() is None)
-
-
 def _affine_xla(x_NI, w_IO, b_O, preferred_element_type=None):
     y_NO = jnp.matmul(x_NI, w_IO, preferred_element_type=preferred_element_type)
     return y_NO if b_O is None else y_NO + b_O
@@ -115,8 +108,7 @@ def _affine_kernel(x_NI, w_IO, b_O):
 
 
 def affine(x_NI, w_IO, b_O, preferred_element_type=None):
-    """x w (+ b unless None) for x [N, I], w [I, O]: the kernel where `forward_applies`, else
-    XLA (its product in preferred_element_type, as jnp.matmul)."""
+    """x w (+ b unless None) for x [N, I], w [I, O]: the kernel where `applies`, else XLA (its
+    product in preferred_element_type, as jnp.matmul)."""
     xla = functools.partial(_affine_xla, preferred_element_type=preferred_element_type)
-    return cpu_ffi.kernel_or_xla(forward_applies(x_NI, w_IO), _affine_kernel, xla, x_NI, w_IO,
-                                 b_O)
+    return cpu_ffi.kernel_or_xla(applies(x_NI, w_IO), _affine_kernel, xla, x_NI, w_IO, b_O)

@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 
 import jax
+import jax.numpy as jnp
 
 HEADER = pathlib.Path(__file__).with_name("cpu_kernels.h")
 FLAGS = ("-O3", "-std=c++17", "-fno-math-errno", "-shared", "-fPIC", "-w")
@@ -103,6 +104,11 @@ def loader(source: pathlib.Path, targets: dict[str, str]):
             return "turned off by FMJAX_CPU_KERNELS=0"
         return load(source, targets)
     return unavailable
+
+
+def f32(*shapes) -> tuple:
+    """float32 result shapes of an FFI call, one per shape."""
+    return tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
 
 
 def single_cpu_device() -> bool:

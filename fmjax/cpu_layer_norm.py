@@ -30,19 +30,15 @@ def applies(x_ND) -> bool:
     return x_ND.dtype == jnp.float32 and cpu_ffi.single_cpu_device() and unavailable() is None
 
 
-def _f32(*shapes):
-    return tuple(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes)
-
-
 def forward(x_ND, scale_D, bias_D, eps: float):
     """(y, mean, rstd) of LayerNorm over x's last axis; mean and rstd keep it as size 1."""
     stats = x_ND.shape[:-1] + (1,)
-    return tuple(jax.ffi.ffi_call("fmjax_cpu_layer_norm_fwd", _f32(x_ND.shape, stats, stats))(
-        x_ND, scale_D, bias_D, eps=np.float32(eps)))
+    call = jax.ffi.ffi_call("fmjax_cpu_layer_norm_fwd", cpu_ffi.f32(x_ND.shape, stats, stats))
+    return tuple(call(x_ND, scale_D, bias_D, eps=np.float32(eps)))
 
 
 def backward(x_ND, scale_D, mean_N1, rstd_N1, dy_ND):
     """(dx, dscale, dbias) of LayerNorm from forward's mean and rstd and the gradient dy."""
-    return tuple(jax.ffi.ffi_call("fmjax_cpu_layer_norm_bwd", _f32(x_ND.shape, scale_D.shape,
-                                                                    scale_D.shape))(
-        x_ND, scale_D, mean_N1, rstd_N1, dy_ND))
+    call = jax.ffi.ffi_call("fmjax_cpu_layer_norm_bwd",
+                            cpu_ffi.f32(x_ND.shape, scale_D.shape, scale_D.shape))
+    return tuple(call(x_ND, scale_D, mean_N1, rstd_N1, dy_ND))

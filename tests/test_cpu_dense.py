@@ -52,7 +52,7 @@ def test_forward_kernel_matches_float64(n, i, o, with_bias):
     rng = np.random.default_rng(4)
     x, w = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for shape in ((n, i), (i, o)))
     b = jnp.linspace(-2, 2, o, dtype=jnp.float32) if with_bias else None
-    assert cpu_dense.forward_applies(x, w)
+    assert cpu_dense.applies(x, w)
     affine = jax.jit(cpu_dense.affine)
     assert ("fmjax_cpu_dense_affine" if with_bias else "fmjax_cpu_dense_linear") in (
         affine.lower(x, w, b).as_text())
@@ -84,13 +84,13 @@ def test_where_the_kernel_does_not_apply():
     x, g = _operands(32, 8, 32)
     w = g[:8]
     assert not cpu_dense.applies(x.astype(jnp.bfloat16), g.astype(jnp.bfloat16))
-    assert not cpu_dense.forward_applies(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+    assert not cpu_dense.applies(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
     assert not cpu_dense.applies(x, g[:, :24])
-    assert not cpu_dense.forward_applies(x, w[:, :24])
+    assert not cpu_dense.applies(x, w[:, :24])
     mesh = jax.make_mesh((2,), ("data",), devices=jax.devices()[:2])
     with mesh_lib.activate(mesh):
         assert not cpu_dense.applies(x, g)
-        assert not cpu_dense.forward_applies(x, w)
+        assert not cpu_dense.applies(x, w)
     tpu = jax.jit(cpu_dense.affine).trace(x, w, g[0]).lower(lowering_platforms=("tpu",)).as_text()
     assert "fmjax_cpu_dense" not in tpu and "dot_general" in tpu
     tpu = jax.jit(lambda x, g: cpu_dense.weight_grads(x, g, True)).trace(x, g).lower(
