@@ -17,6 +17,9 @@ import tempfile
 
 IDLE = "(no op running)"
 _SKIPPED_EVENTS = ("ThunkExecutor", "end:", "SlinkyThreadPool", "ThreadpoolListener", "while")
+# the threads XLA:CPU runs ops on: its intra-op pool, and PjRt's client thread, which runs
+# some ops itself (any of them, depending on timing; a profile without it missed them)
+_OP_THREADS = ("XLAEigen", "XLAPjRtCpuClient")
 
 
 def op_names(hlo_text: str) -> dict[str, str]:
@@ -73,7 +76,8 @@ def profile_step(compiled, state, batch, steps: int):
         path = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)[0]
         data = ProfileData.from_file(path)
     events = [(e.start_ns, e.start_ns + e.duration_ns, e.name)
-              for plane in data.planes for line in plane.lines if "XLAEigen" in line.name
+              for plane in data.planes for line in plane.lines
+              if any(thread in line.name for thread in _OP_THREADS)
               for e in line.events if not e.name.startswith(_SKIPPED_EVENTS)]
     shares = wall_shares(events, op_names(compiled.as_text()))
     total = sum(shares.values()) or 1
