@@ -24,7 +24,7 @@ setup(
     version="0.1.0",
     description="JAX/Flax pretraining and fine-tuning of foundation models",
     packages=find_packages(include=["fmjax", "fmjax.*"]),
-    package_data={"fmjax": ["*.cc", "*.h"]},  # C++ kernels, compiled on first use (cpu_ffi.py)
+    package_data={"fmjax.kernels.cpu": ["*.cc", "*.h"]},  # C++ kernels, compiled on first use (ffi.py)
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={

@@ -2,7 +2,7 @@
 tokens after warm-up and prints compile time, median step time, tokens/s, MFU and peak host
 memory. The last line is JSON.
 
-On CPU the MFU denominator is the best fp32 matmul throughput of the host (flops.CpuMatmulPeak),
+On CPU the MFU denominator is the best fp32 matmul throughput of the host (peak_flops.CpuMatmulPeak),
 sampled between the timed steps so that both see the same machine load; the best sample is
 kept, so a noisy machine can only lower the reported MFU."""
 import json
@@ -13,12 +13,14 @@ import jax
 import numpy as np
 from absl import flags
 
-from fmjax import attention, cli, cpu_runtime, profile_report
+from fmjax.nn import attention
+from fmjax import cli
+from fmjax.training import cpu_malloc, profile_report
 
 FLAGS = flags.FLAGS
 cli.define_config_flag()
 flags.DEFINE_integer("profile_steps", 0, "after the timed steps, profile this many more and print "
-                     "where their wall time goes (XLA:CPU; fmjax/profile_report.py)")
+                     "where their wall time goes (XLA:CPU; fmjax/training/profile_report.py)")
 
 
 def mesh_devices(config):
@@ -29,7 +31,8 @@ def mesh_devices(config):
 
 
 def run_bench(config, profile_steps: int = 0) -> dict:
-    from fmjax import config as config_lib, engine as engine_lib, flops, mesh as mesh_lib
+    from fmjax import config as config_lib, mesh as mesh_lib
+    from fmjax.training import engine as engine_lib, peak_flops
     devices = mesh_devices(config)
     config_lib.validate(config, num_devices=len(devices))
     mesh = mesh_lib.make_mesh(config, devices)
@@ -50,7 +53,7 @@ def run_bench(config, profile_steps: int = 0) -> dict:
     for _ in range(config.bench.warmup_steps):
         state, metrics = compiled(state, batch)
     jax.block_until_ready(state)
-    cpu_probe = flops.CpuMatmulPeak() if devices[0].platform == "cpu" else None
+    cpu_probe = peak_flops.CpuMatmulPeak() if devices[0].platform == "cpu" else None
     times = []
     for _ in range(config.bench.steps):
         if cpu_probe is not None:
@@ -63,13 +66,13 @@ def run_bench(config, profile_steps: int = 0) -> dict:
     profile = None
     if profile_steps > 0:
         if devices[0].platform != "cpu":
-            raise SystemExit(f"error: --profile_steps reads XLA:CPU's trace; on "
-                             f"{devices[0].platform} use jax.profiler with TensorBoard")
+            cli.fail(f"--profile_steps reads XLA:CPU's trace; on {devices[0].platform} use "
+                     "jax.profiler with TensorBoard")
         state, profile = profile_report.profile_step(compiled, state, batch, profile_steps)
 
     n = engine.num_params()
     fpt = engine.flops_per_token()
-    peak, peak_desc = flops.total_peak(devices, cpu_probe)
+    peak, peak_desc = peak_flops.total_peak(devices, cpu_probe)
     tps = b * t / step_s
     return {"config": {"family": cfg.family, "layers": cfg.n_layers, "d_model": cfg.d_model,
                        "heads": cfg.n_heads, "seq_len": t, "vocab": cfg.vocab_size, "batch": b,
@@ -93,7 +96,7 @@ def run_bench(config, profile_steps: int = 0) -> dict:
 
 def main(argv):
     cli.no_extra_args(argv)
-    cpu_runtime.configure()
+    cpu_malloc.configure()
     r = run_bench(cli.load_config(), FLAGS.profile_steps)
     c = r["config"]
     print("settings: " + ", ".join(f"{k}={v}" for k, v in c.items()))

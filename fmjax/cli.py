@@ -1,17 +1,57 @@
 """Shared flag handling for the thin CLIs: the ml_collections `--config` file flag with
-`--config.a.b=value` overrides, checked against the schema with a did-you-mean."""
+`--config.a.b=value` overrides, checked against the schema with a did-you-mean, and one rule
+for user errors: a mistake in what was asked (a flag, a config value, a path) is one line,
+`error: ...` naming the flag and the fix, on stderr, and exit status 2 (`fail`, `UsageError`,
+config.ConfigError). Tracebacks are for bugs."""
 from __future__ import annotations
 
 import importlib.util
-
+import os
+import sys
+from typing import NoReturn
 
 from absl import flags
 from ml_collections import config_flags
 
 from fmjax import config as config_lib
-from fmjax import distributed  # noqa: F401  (defines --coordinator_address etc.)
+from fmjax import distributed
 
 FLAGS = flags.FLAGS
+USAGE_EXIT = 2  # exit status of a user's mistake
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for; the message names the flag and the fix."""
+
+
+def fail(message: str) -> NoReturn:
+    """Ends the CLI with `error: message` on stderr and exit status 2."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(USAGE_EXIT)
+
+# joining a multi-process run (fmjax/distributed.py); every CLI that runs steps takes them
+flags.DEFINE_string("coordinator_address", None,
+                    "HOST:PORT of process 0 for a multi-process run (env "
+                    "FMJAX_COORDINATOR_ADDRESS); with --num_processes and --process_id.")
+flags.DEFINE_integer("num_processes", None, "Processes in the run (env FMJAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "This process's id, 0..N-1 (env FMJAX_PROCESS_ID).")
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                  "auto: initialise jax.distributed from flags/env or a detected cluster "
+                  "(SLURM, MPI, multi-host TPU); on: always (JAX detects the cluster); off: never.")
+flags.DEFINE_integer("distributed_timeout", 300,
+                     "Seconds to wait for every process to join at startup.")
+flags.DEFINE_string("expect_accelerator", None,
+                    "gpu, tpu or any: stop with an error if only CPU devices are found "
+                    "(env FMJAX_EXPECT).")
+
+
+def distributed_options() -> distributed.Options:
+    """The multi-process flags above, as fmjax.distributed.initialize takes them."""
+    return distributed.Options(
+        coordinator_address=FLAGS.coordinator_address, num_processes=FLAGS.num_processes,
+        process_id=FLAGS.process_id, mode=FLAGS.distributed, timeout=FLAGS.distributed_timeout,
+        expect_accelerator=FLAGS.expect_accelerator)
 
 
 def define_config_flag(default: str | None = None):
@@ -37,9 +77,10 @@ def check_override_keys(argv) -> None:
     path = _config_path(argv)
     if not path:
         return
-    spec = importlib.util.spec_from_file_location("fmjax_user_config", path.split(":")[0])
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"error: --config={path}: no such config file; see configs/")
+    file = path.split(":")[0]
+    spec = importlib.util.spec_from_file_location("fmjax_user_config", file)
+    if spec is None or spec.loader is None or not os.path.isfile(file):
+        fail(f"--config={path}: no such config file; see configs/")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     known = config_lib.flat_keys(module.get_config())
@@ -47,8 +88,8 @@ def check_override_keys(argv) -> None:
         if arg.startswith("--config.") or arg.startswith("--noconfig."):
             key = arg.split("=", 1)[0].split("config.", 1)[1]
             if key not in known:
-                raise SystemExit(f"error: unknown config key '{key}' in {arg!r}."
-                                 f"{config_lib.did_you_mean(key, known)} All keys: fmjax/config.py")
+                fail(f"unknown config key '{key}' in {arg!r}."
+                     f"{config_lib.did_you_mean(key, known)} All keys: fmjax/config.py")
 
 
 def parse_flags(argv):
@@ -57,18 +98,18 @@ def parse_flags(argv):
     try:
         return FLAGS(argv)
     except flags.Error as e:
-        raise SystemExit(f"error: {e}")
+        fail(str(e))
 
 
 def load_config():
     if FLAGS.config is None:
-        raise SystemExit("error: --config is required, e.g. --config=configs/default.py")
+        fail("--config is required, e.g. --config=configs/default.py")
     return FLAGS.config
 
 
 def no_extra_args(argv):
     if len(argv) > 1:
-        raise SystemExit(f"error: unexpected arguments {argv[1:]}")
+        fail(f"unexpected arguments {argv[1:]}")
 
 
 def skip_absent_tpu() -> bool:
@@ -77,7 +118,6 @@ def skip_absent_tpu() -> bool:
     targets, which do not need the backend), and libtpu's probe for a chip prints several
     lines of errors at every start otherwise. True if it set jax_platforms to cpu. A TPU VM,
     a GPU plugin or the user's JAX_PLATFORMS are left alone."""
-    import os
     import pkgutil
     if os.environ.get("JAX_PLATFORMS") or importlib.util.find_spec("libtpu") is None:
         return False
@@ -104,7 +144,14 @@ def run(main):
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no libtpu" noise
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's per-save INFO lines; --verbosity=0 restores
     skip_absent_tpu()
-    app.run(main, flags_parser=parse_flags)
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except (UsageError, config_lib.ConfigError) as e:
+            fail(str(e))
+
+    app.run(guarded, flags_parser=parse_flags)
 
 
 def run_stage(stage, workdir: str):
@@ -113,23 +160,23 @@ def run_stage(stage, workdir: str):
     report (process 0 prints it); a startup failure or a NaN/inf loss exits 1 with the loop's
     message (step, last good checkpoint)."""
     import jax
-    from fmjax import cpu_runtime, flops
-    from fmjax.loop import NonFiniteLoss
+    from fmjax.training import cpu_malloc, peak_flops
+    from fmjax.training.loop import NonFiniteLoss
     config = load_config()
     if config.get("compilation_cache_dir"):  # before the first compile (JAX fixes its cache
         # there; the CPU peak probe below compiles too), for every program however quick
         jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     try:  # before anything touches devices
-        distributed.initialize()
-    except distributed.DistributedError as e:
+        distributed.initialize(distributed_options())
+    except distributed.DistributedError as e:  # the cluster, not the command: exit 1
         raise SystemExit(f"error: {e}")
     if jax.default_backend() == "cpu":
-        cpu_runtime.configure()  # keep XLA:CPU's per-step temporaries mapped (see the module)
-        flops.host_probe()  # the MFU peak, before any data pipeline thread shares the cores
+        cpu_malloc.configure()  # keep XLA:CPU's per-step temporaries mapped (see the module)
+        peak_flops.host_probe()  # the MFU peak, before any data pipeline thread shares the cores
     try:
         report = stage(config, workdir)
-    except (NonFiniteLoss, distributed.DistributedError) as e:
+    except (NonFiniteLoss, distributed.DistributedError) as e:  # the run failed: exit 1
         raise SystemExit(f"error: {e}")
     if jax.process_index() == 0:
         print(report.text(), flush=True)

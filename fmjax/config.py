@@ -49,7 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.param_dtype = "float32"  # storage dtype of parameters and optimizer state
     m.scan_layers = True  # nn.scan over blocks: one compiled block, fast compile for deep models
     m.remat_policy = "none"  # none | full | dots | dots_no_batch | save_qkv_proj | minimal
-    m.attention_impl = "auto"  # auto (fused_cpu, else fmjax, on CPU; xla elsewhere) | fused_cpu (C++ kernel, fmjax/cpu_attention.py) | fmjax (fmjax/attention_core.py, in XLA) | xla | cudnn (jax.nn.dot_product_attention) | splash (TPU Pallas kernel, fmjax/splash_attention.py)
+    m.attention_impl = "auto"  # auto (fused_cpu, else fmjax, on CPU; xla elsewhere) | fused_cpu (C++ kernel, fmjax/kernels/cpu/attention.py) | fmjax (fmjax/nn/softmax_attention.py, in XLA) | xla | cudnn (jax.nn.dot_product_attention) | splash (TPU Pallas kernel, fmjax/kernels/tpu/splash_attention.py)
     m.init_std = 0.0  # normal init std of weight matrices; 0 = family default (0.02; t5: 1.0 = multiplier of T5's fan-in stds)
     m.vocab_multiple = 1  # pad embedding rows to a multiple (speed); 1 keeps published counts
 
@@ -149,7 +149,7 @@ def base_config() -> ml_collections.ConfigDict:
     b.steps = 10  # timed steps; the median is reported
 
     c.hardware = hw = ml_collections.ConfigDict()
-    hw.tpu_slice = ""  # smallest TPU slice the run is meant for (v5p-128; fmjax/tpu_slices.py); python -m fmjax.preflight checks that it fits
+    hw.tpu_slice = ""  # smallest TPU slice the run is meant for (v5p-128; fmjax/aot/tpu_slices.py); python -m fmjax.preflight checks that it fits
     return c
 
 
@@ -251,19 +251,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     if m.n_heads % kv:
         _fail("model.n_kv_heads", m.n_kv_heads, f"does not divide model.n_heads = {m.n_heads}",
               "grouped-query attention needs n_heads to be a multiple of n_kv_heads")
-    from fmjax.layers import REMAT_POLICIES  # the policies themselves live beside the layers
-    if m.remat_policy not in REMAT_POLICIES:
-        _fail("model.remat_policy", m.remat_policy, "unknown policy",
-              f"use one of {', '.join(REMAT_POLICIES)}")
-    if m.attention_impl not in ("auto", "fused_cpu", "fmjax", "xla", "cudnn", "splash"):
-        _fail("model.attention_impl", m.attention_impl, "unknown implementation",
-              "use auto, fused_cpu, fmjax, xla, cudnn or splash")
-    from fmjax import splash_attention
-    if m.attention_impl == "splash" and not splash_attention.length_ok(m.seq_len):
-        _fail("model.attention_impl", m.attention_impl,
-              f"splash attention needs model.seq_len = {m.seq_len} to be at most "
-              f"{splash_attention.MAX_BLOCK} or a multiple of it",
-              "set --config.model.attention_impl=xla, or pad model.seq_len")
     for field in ("dtype", "param_dtype"):
         if m[field] not in ("float32", "bfloat16", "float16"):
             _fail(f"model.{field}", m[field], "unsupported dtype", "use float32 or bfloat16")

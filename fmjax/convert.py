@@ -43,7 +43,7 @@ def run_import():
     from fmjax import models
     from fmjax.hf import conversion
     if not FLAGS.hf_dir:
-        raise SystemExit("error: import needs --hf_dir=DIR")
+        cli.fail("import needs --hf_dir=DIR")
     result = conversion.import_hf(FLAGS.family, FLAGS.hf_dir, FLAGS.output,
                                   scan_layers=FLAGS.scan_layers, param_dtype=FLAGS.param_dtype)
     m = result.config.model
@@ -59,7 +59,7 @@ def run_import():
 def run_export():
     from fmjax.hf import conversion
     if not FLAGS.workdir_or_checkpoint:
-        raise SystemExit("error: export needs --workdir_or_checkpoint=SRC")
+        cli.fail("export needs --workdir_or_checkpoint=SRC")
     conversion.export_hf(FLAGS.family, FLAGS.workdir_or_checkpoint, FLAGS.output,
                          dtype=FLAGS.dtype, max_shard_bytes=FLAGS.max_shard_mb * 2**20)
 
@@ -69,14 +69,14 @@ COMMANDS = {"import": run_import, "export": run_export}
 
 def main(argv):
     if len(argv) != 2 or argv[1] not in COMMANDS:
-        raise SystemExit(f"error: give one command: {' | '.join(COMMANDS)} (got {argv[1:]})")
+        cli.fail(f"give one command: {' | '.join(COMMANDS)} (got {argv[1:]})")
     from fmjax.config import ConfigError
     from fmjax.hf.mapping import MappingError
     from fmjax.hf.safetensors_io import HFFormatError
     try:
         COMMANDS[argv[1]]()
     except (ConfigError, MappingError, HFFormatError, FileExistsError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
+        cli.fail(str(e))
 
 
 if __name__ == "__main__":

@@ -31,24 +31,6 @@ import sys
 import threading
 from typing import Mapping
 
-from absl import flags
-
-FLAGS = flags.FLAGS
-
-flags.DEFINE_string("coordinator_address", None,
-                    "HOST:PORT of process 0 for a multi-process run (env "
-                    "FMJAX_COORDINATOR_ADDRESS); with --num_processes and --process_id.")
-flags.DEFINE_integer("num_processes", None, "Processes in the run (env FMJAX_NUM_PROCESSES).")
-flags.DEFINE_integer("process_id", None, "This process's id, 0..N-1 (env FMJAX_PROCESS_ID).")
-flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
-                  "auto: initialise jax.distributed from flags/env or a detected cluster "
-                  "(SLURM, MPI, multi-host TPU); on: always (JAX detects the cluster); off: never.")
-flags.DEFINE_integer("distributed_timeout", 300,
-                     "Seconds to wait for every process to join at startup.")
-flags.DEFINE_string("expect_accelerator", None,
-                    "gpu, tpu or any: stop with an error if only CPU devices are found "
-                    "(env FMJAX_EXPECT).")
-
 ENV_COORDINATOR = "FMJAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "FMJAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "FMJAX_PROCESS_ID"
@@ -190,19 +172,31 @@ def _startup_timed_out(spec: Spec, timeout: int) -> None:
 _initialized = False
 
 
-def initialize() -> Spec | None:
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What the command line says about joining a multi-process run (fmjax/cli.py defines the
+    flags); None = from the environment, or not set."""
+    coordinator_address: str | None = None  # --coordinator_address
+    num_processes: int | None = None  # --num_processes
+    process_id: int | None = None  # --process_id
+    mode: str = "auto"  # --distributed: auto | on | off
+    timeout: int = 300  # --distributed_timeout, seconds
+    expect_accelerator: str | None = None  # --expect_accelerator: gpu | tpu | any
+
+
+def initialize(options: Options = Options()) -> Spec | None:
     """Initialises jax.distributed once (see the module doc) and checks the devices."""
     global _initialized
     import jax
-    expected = _expected(FLAGS.expect_accelerator if "expect_accelerator" in FLAGS else None)
+    expected = _expected(options.expect_accelerator)
     spec = None
     if not _initialized:
-        spec = resolve(coordinator_address=FLAGS.coordinator_address,
-                       num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
-                       mode=FLAGS.distributed)
+        spec = resolve(coordinator_address=options.coordinator_address,
+                       num_processes=options.num_processes, process_id=options.process_id,
+                       mode=options.mode)
         if spec is not None:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
-            timeout = FLAGS.distributed_timeout
+            timeout = options.timeout
             # XLA aborts the process (a C++ fatal log, no Python exception) when startup times
             # out, so a watchdog a little earlier says what happened first.
             watchdog = threading.Timer(timeout, _startup_timed_out, (spec, timeout))
@@ -260,33 +254,6 @@ def check_agreement(items: Mapping[str, bytes | str]) -> None:
             "processes disagree with process 0 at startup on: " + "; ".join(bad)
             + ". Every host must run the same code, config file and overrides, tokenizer file "
             "and dataset version (a stale copy on one host?)")
-
-
-def data_identity(config, get_source) -> str:
-    """What names the data a run reads: source (or the mixture spec and, per component, its
-    name), splits, sizes and a few documents' digests."""
-    spec = getattr(config.data, "mixture", "")
-    if not spec:
-        return "; ".join([f"source={config.data.source}"] + _splits_identity(
-            lambda split: get_source(config, split)))
-    from fmjax.data import mixture  # parsing only: no grain / TFDS import
-    parts = [f"mixture={spec}"]
-    for split in ("train", "validation"):
-        for component, source in mixture.open_components(config, split, get_source):
-            parts += [f"{component.name}({component.weight:g}) " + p
-                      for p in _splits_identity(lambda _: source, splits=(split,))]
-    return "; ".join(parts)
-
-
-def _splits_identity(source_of, splits=("train", "validation")) -> list[str]:
-    parts = []
-    for split in splits:
-        source = source_of(split)
-        n = len(source)
-        sample = sorted({0, n // 2, n - 1}) if n else []
-        texts = "".join(digest(str(source[i]["text"])).hex() for i in sample)
-        parts.append(f"{split}: {n} documents {digest(texts).hex()[:16]}")
-    return parts
 
 
 def process_zero_first(fn):

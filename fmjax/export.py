@@ -14,8 +14,15 @@ flags.mark_flags_as_required(["workdir", "output"])
 
 def main(argv):
     cli.no_extra_args(argv)
-    from fmjax import exporting
-    path, step, num_params = exporting.export(FLAGS.workdir, FLAGS.output, step=FLAGS.step)
+    from fmjax.training import params_export
+    from fmjax.training.checkpoint import NotACheckpoint
+    try:
+        path, step, num_params = params_export.export(FLAGS.workdir, FLAGS.output, step=FLAGS.step)
+    except NotACheckpoint as e:
+        raise cli.UsageError(f"--workdir={FLAGS.workdir} (--step={FLAGS.step}): {e}; pass a "
+                             "directory written by fmjax.train or fmjax.finetune") from None
+    except FileExistsError as e:
+        raise cli.UsageError(str(e)) from None
     print(f"exported step {step} of {FLAGS.workdir}: {num_params:,} parameters -> {path}")
 
 

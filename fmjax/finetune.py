@@ -12,8 +12,8 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
     cli.no_extra_args(argv)
-    from fmjax import finetuner
-    cli.run_stage(finetuner.finetune, FLAGS.workdir)
+    from fmjax.training import finetune_stage
+    cli.run_stage(finetune_stage.finetune, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def summarize(config) -> dict:
     """`params` is the published count: every parameter but the family's uncounted heads
     (Family.uncounted_params, e.g. BERT's MLM head), which `excluded` lists; `total_params`
     counts everything the model holds. `breakdown` covers the counted params."""
-    from fmjax import models, state
+    from fmjax import models
+    from fmjax.training import state
     model, cfg = models.build(config)
     family = models.get_family(cfg.family)
     abstract, _ = state.abstract_params(model, cfg.seq_len)

@@ -106,7 +106,7 @@ def shard_attention(local, heads: tuple, rows: tuple = ()):
     out [B, T, H, ...] (q, k, v; or q, k, v stacked [B, T, H, 3, K]): the batch and the heads
     split over the mesh axes LOGICAL_RULES gives 'batch' and 'heads'; `rows` (masks, segment
     ids: batch first) split over the batch only. For attention kernels that XLA cannot
-    partition (fmjax/cpu_attention.py, fmjax/splash_attention.py). A dimension the mesh axes
+    partition (fmjax/kernels/cpu/attention.py, fmjax/kernels/tpu/splash_attention.py). A dimension the mesh axes
     do not divide stays whole (the batch of 1 that initialisation traces, fewer heads than
     the tensor axis)."""
     mesh = jax.sharding.get_abstract_mesh()

@@ -6,8 +6,8 @@ nothing is allocated) or for this machine (--topology=local or cpu:N), and says 
 fits: per-device memory against the device's, model FLOPs per step and the step time each MFU
 means, compile time, and, when it does not fit, the overrides that would help. The last line
 is JSON. Exit status: 0 fits, 1 does not fit, 2 could not pre-flight (bad topology, config or
-libtpu). The library: fmjax/aot.py (compile, save), fmjax/targets.py (slices, this machine),
-fmjax/fit_report.py (the verdict); slice names are translated by fmjax/tpu_slices.py."""
+libtpu). The library: fmjax/aot/compile.py (compile, save), fmjax/aot/targets.py (slices, this machine),
+fmjax/aot/fit_report.py (the verdict); slice names are translated by fmjax/aot/tpu_slices.py."""
 import json
 import os
 import sys
@@ -25,9 +25,9 @@ flags.DEFINE_integer("num_slices", 1, "TPU slices joined over the data-center ne
 flags.DEFINE_float("step_time", None, "A measured or hoped-for step time in seconds: prints "
                    "the MFU it means.")
 flags.DEFINE_string("save_compiled", "", "Write the serialized compiled step here "
-                    "(fmjax.aot.load_compiled reads it on the target).")
+                    "(fmjax.aot.compile.load_compiled reads it on the target).")
 flags.DEFINE_bool("fast", False, "Compile with XLA's lowest execution-time optimisation "
-                  "effort: ~3x faster; the memory peak came out 0-8% higher than by default.")
+                  "effort: compiles faster; the memory peak can come out a few percent higher than by default.")
 
 
 def _fail(message: str):
@@ -50,7 +50,8 @@ def main(argv):
         # a TPU target needs libtpu's compile-only devices, never this host's accelerators
         # (on a TPU VM that would take the chips from a run in progress)
         jax.config.update("jax_platforms", "cpu")
-    from fmjax import aot, config as config_lib, fit_report, targets, tpu_slices
+    from fmjax.aot import compile as aot, fit_report, targets, tpu_slices
+    from fmjax import config as config_lib
     try:
         result = aot.run(config, topology, num_slices=FLAGS.num_slices, fast=FLAGS.fast,
                          save_path=FLAGS.save_compiled)
@@ -59,7 +60,7 @@ def main(argv):
     for line in fit_report.report_lines(result, FLAGS.step_time):
         print(line)
     if FLAGS.save_compiled and result.compiled is not None:
-        print(f"saved     {FLAGS.save_compiled} (fmjax.aot.load_compiled loads it on the target)")
+        print(f"saved     {FLAGS.save_compiled} (fmjax.aot.compile.load_compiled loads it on the target)")
     print(fit_report.to_json(result, FLAGS.step_time), flush=True)
     sys.exit(0 if result.fits else 1)
 

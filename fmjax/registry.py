@@ -1,12 +1,12 @@
-"""Plug-ins looked up by name (model families, objectives): a name is found by importing the
-module of that name from the plug-in package, so adding one never edits a central list."""
+"""Plug-ins looked up by name (model families, objectives, tasks, HF converters): a name is
+found by importing the module of that name from the plug-in package, so adding one never
+edits a central list. Imports no fmjax module: every layer may use it."""
 from __future__ import annotations
 
+import difflib
 import importlib
 import pkgutil
 from typing import Generic, TypeVar
-
-from fmjax.config import ConfigError, did_you_mean
 
 T = TypeVar("T")
 
@@ -22,10 +22,11 @@ def import_if_present(module: str) -> None:
 
 
 class Registry(Generic[T]):
-    def __init__(self, package: str, field: str, what: str):
+    def __init__(self, package: str, field: str, what: str, error: type[Exception] = LookupError):
         self.package = package  # e.g. "fmjax.models": NAME lives in fmjax/models/NAME.py
         self.field = field  # the config key that names an entry, for error messages
         self.what = what  # "model family", "objective"
+        self.error = error  # raised for an unknown name (config.ConfigError for config keys)
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, entry: T) -> T:
@@ -43,8 +44,9 @@ class Registry(Generic[T]):
             for module in pkgutil.iter_modules(package_dir):  # so the error lists them all
                 self._import(module.name)
             known = sorted(self._entries)
-            raise ConfigError(
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+            raise self.error(
                 f"config.{self.field} = {name!r}: no such {self.what}; add "
                 f"{self.package.replace('.', '/')}/{name}.py or use one of {known}."
-                f"{did_you_mean(name, known)}")
+                + (f" Did you mean '{close[0]}'?" if close else ""))
         return self._entries[name]

@@ -9,11 +9,12 @@
 """
 import time
 
-from absl import app, flags
+from absl import flags
 
+from fmjax import cli
 from fmjax.config import ConfigError
 from fmjax.data import text_files
-from fmjax.data import tokenizer as tokenizer_lib
+from fmjax.data import sp_tokenizer as tokenizer_lib
 
 _INPUT = flags.DEFINE_string("input", "", "train: comma-separated files, globs or directories")
 _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 4096, "train: pieces in the vocabulary")
@@ -35,7 +36,7 @@ def documents():
 
 def train():
     if not _OUTPUT.value:
-        raise app.UsageError("train needs --output=PATH.model")
+        raise cli.UsageError("train needs --output=PATH.model")
     start = time.perf_counter()
     path = tokenizer_lib.train_sentencepiece(
         tokenizer_lib.limit_chars(documents(), _TRAIN_CHARS.value),
@@ -47,7 +48,7 @@ def train():
 
 def encode():
     if not _MODEL.value:
-        raise app.UsageError("encode needs --model=PATH.model")
+        raise cli.UsageError("encode needs --model=PATH.model")
     tokenizer = tokenizer_lib.Tokenizer(_MODEL.value)
     ids = tokenizer.encode(_TEXT.value)
     print(" ".join(map(str, ids)))
@@ -59,12 +60,12 @@ COMMANDS = {"train": train, "encode": encode}
 
 def main(argv):
     if len(argv) != 2 or argv[1] not in COMMANDS:
-        raise app.UsageError(f"give one command: {' | '.join(COMMANDS)} (got {argv[1:]})")
+        raise cli.UsageError(f"give one command: {' | '.join(COMMANDS)} (got {argv[1:]})")
     try:
         COMMANDS[argv[1]]()
     except (ConfigError, FileNotFoundError) as e:
-        raise app.UsageError(str(e)) from None
+        raise cli.UsageError(str(e)) from None
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -11,8 +11,8 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
     cli.no_extra_args(argv)
-    from fmjax import trainer
-    cli.run_stage(trainer.train, FLAGS.workdir)
+    from fmjax.training import pretrain_stage
+    cli.run_stage(pretrain_stage.train, FLAGS.workdir)
 
 
 if __name__ == "__main__":

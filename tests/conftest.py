@@ -47,16 +47,16 @@ def data_dir(tmp_path_factory):
 SLOWEST_FIRST = (
     "e2e/test_train_cli.py",  # with test_finetune_cli.py and test_notebooks.py, see below
     "e2e/test_families_cli.py",
-    "test_preflight.py",
+    "aot/test_preflight.py",
     "e2e/test_preemption.py",
-    "test_convert.py",
+    "hf/test_convert_decoders.py",
     "e2e/test_multiprocess.py",
-    "test_encoder_models.py",
+    "models/test_encoder_models.py",
     "test_sharding.py",
-    "test_cpu_attention.py",
-    "test_models.py",
-    "test_step.py",
-    "test_checkpoint.py",
+    "kernels/test_cpu_attention.py",
+    "models/test_models.py",
+    "training/test_step.py",
+    "training/test_checkpoint.py",
 )
 # Files that use the session's trained workdirs (`full_run`, `finetune_run` in
 # tests/e2e/conftest.py) run on one worker, so that those CLI runs happen once, not per worker.
@@ -96,3 +96,18 @@ def pytest_xdist_make_scheduler(config, log):
             super()._assign_work_unit(node)
 
     return Scheduling(config, log)
+
+
+# ------------------------------------------------------------------------------- markers
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: runs a CLI end to end in a subprocess (tests/e2e/)")
+    config.addinivalue_line("markers", "slow: takes tens of seconds or more; left out of the "
+                            "developers' fast loop (-m 'not e2e and not slow')")
+
+
+def pytest_collection_modifyitems(config, items):
+    e2e_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e") + os.sep
+    for item in items:
+        if str(item.path).startswith(e2e_dir):
+            item.add_marker(pytest.mark.e2e)

@@ -5,6 +5,7 @@ import numpy as np
 
 from fmjax.config import base_config
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 # XLA:CPU settings every test process compiles with (tests/conftest.py), and the CLI processes
 # the tests start (`cpu_env`): the classic elemental emitters at LLVM -O0 compile 3-4x faster
@@ -12,7 +13,7 @@ from fmjax.config import base_config
 # (measured: 553 of 773 CPU-seconds in the test processes; 214 with these flags). The code
 # under test is the same; XLA's kernels run slower and may round differently, so a test
 # compares results compiled under the same flags, as every test here does. The main job, the
-# benchmarks and users' runs keep XLA's defaults, and tests/test_xla_defaults.py checks that a
+# benchmarks and users' runs keep XLA's defaults, and tests/training/test_xla_defaults.py checks that a
 # train step compiled with those trains like this one.
 FAST_COMPILE_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false --xla_backend_optimization_level=0"
 

@@ -6,11 +6,16 @@ import pytest
 
 from fmjax import config as config_lib
 from fmjax.config import ConfigError
+from fmjax import models
 from tests.helpers import tiny_config
 
 
 def check(config, devices=8, processes=1):
-    return config_lib.validate(config, num_devices=devices, num_processes=processes)
+    """The checks a stage runs before it compiles: the config schema's, then the model's own
+    (its plug-ins: layers, attention)."""
+    sizes = config_lib.validate(config, num_devices=devices, num_processes=processes)
+    models.resolve(config.model)
+    return sizes
 
 
 def test_fill_axis_resolves_to_the_devices_left():
@@ -34,6 +39,8 @@ def test_fill_axis_resolves_to_the_devices_left():
      r"config.train.global_batch_size = 12: not divisible by mesh data\*fsdp \(8\).*multiple of 8"),
     (lambda c: c.model.update(remat_policy="everything"),
      r"config.model.remat_policy = 'everything': unknown policy; use one of none, full"),
+    (lambda c: c.model.update(attention_impl="flash"),
+     r"config.model.attention_impl = 'flash': unknown implementation; use one of auto"),
 ])
 def test_bad_values_name_field_and_fix(edit, message):
     c = tiny_config()

@@ -109,10 +109,11 @@ def test_data_identity_changes_with_the_documents():
     def source_of(texts):
         return lambda config, split: [{"text": t} for t in texts[split]]
 
-    a = distributed.data_identity(Cfg, source_of({"train": ["a", "b", "c"], "validation": ["v"]}))
-    b = distributed.data_identity(Cfg, source_of({"train": ["a", "B", "c"], "validation": ["v"]}))
+    from fmjax.data.identity import data_identity
+    a = data_identity(Cfg, source_of({"train": ["a", "b", "c"], "validation": ["v"]}))
+    b = data_identity(Cfg, source_of({"train": ["a", "B", "c"], "validation": ["v"]}))
     assert a != b and "train: 3 documents" in a and "validation: 1 documents" in a
-    assert a == distributed.data_identity(
+    assert a == data_identity(
         Cfg, source_of({"train": ["a", "b", "c"], "validation": ["v"]}))
 
 
@@ -120,8 +121,8 @@ def test_a_process_whose_peer_never_joins_fails_after_the_timeout(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", FMJAX_COORDINATOR_ADDRESS="127.0.0.1:0",
                FMJAX_NUM_PROCESSES="2", FMJAX_PROCESS_ID="1")
     env.pop("XLA_FLAGS", None)
-    code = ("from absl import flags; from fmjax import distributed; "
-            "flags.FLAGS(['x', '--distributed_timeout=3']); distributed.initialize()")
+    code = ("from fmjax import distributed; "
+            "distributed.initialize(distributed.Options(timeout=3))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
@@ -133,9 +134,11 @@ def test_a_process_whose_peer_never_joins_fails_after_the_timeout(tmp_path):
 def test_stage_starts_after_the_cpu_peak_is_measured(monkeypatch, capsys):
     """The MFU peak is sampled before the stage builds its data pipeline (whose threads would
     share the cores and halve it), and the loop's total_peak reuses that measurement."""
-    from fmjax import cli, flops
+    from fmjax import cli
+    from fmjax.training import peak_flops as flops
     monkeypatch.setattr(flops, "_HOST_PROBE", None)
-    monkeypatch.setattr(distributed, "initialize", lambda: None)
+    monkeypatch.setattr(distributed, "initialize", lambda options: None)
+    monkeypatch.setattr(cli, "distributed_options", lambda: None)
     monkeypatch.setattr(cli, "load_config", base_config)
     seen = {}
 

@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from fmjax import engine as engine_lib, mesh as mesh_lib
+from fmjax.training import engine as engine_lib
+from fmjax import mesh as mesh_lib
 from tests.helpers import packed_batch, tiny_config
 
 MESHES = [(2, 2, 2), (8, 1, 1), (1, 8, 1), (1, 1, 8)]

@@ -11,9 +11,9 @@ contiguous block [i * B_local, (i + 1) * B_local), or the rows its devices hold,
 `rows=process_rows(sharding)`). A run on 2 hosts trains on exactly the batches of a run on 1
 host, and a checkpoint resumes on another process count: iterator states are keyed by stream.
 Each batch is a dict of int32 numpy arrays `tokens_BT`, `segment_ids_BT`, `positions_BT` under
-the keys 'tokens', 'segment_ids', 'positions'. T is the objective's raw row length
-(`objectives.row_length(config)`: model.seq_len, or more for span corruption, whose encoder
-input is then exactly seq_len). The iterator's `get_state()` / `set_state()` (and
+the keys 'tokens', 'segment_ids', 'positions'. T is the `row_length` the caller passes: the
+objective's raw row length (`Engine.row_length()`: model.seq_len, or more for span corruption,
+whose encoder input is then exactly seq_len); model.seq_len when not given. The iterator's `get_state()` / `set_state()` (and
 orbax via `grain.checkpoint.CheckpointSave` / `CheckpointRestore`) resume it exactly.
 
 Mixtures (`config.data.mixture`, fmjax/data/mixture.py): each component's documents are
@@ -34,7 +34,6 @@ import grain
 import jax
 import numpy as np
 
-from fmjax import objectives
 from fmjax.config import ConfigError
 from fmjax.data import mixture, streams
 from fmjax.data.packing import TokenizeDocument, pack_documents
@@ -125,10 +124,11 @@ def packed_batches(documents: grain.MapDataset, config, tokenizer, batch_size: i
                    shuffle_window: int | None = None, num_bins: int = PACKING_BINS,
                    read_options: grain.ReadOptions = READ_OPTIONS) -> grain.IterDataset:
     """Document stream -> tokenized -> packed rows -> (window-shuffled) batches of rows.
-    Rows hold `row_length` tokens; None = the objective's (`objectives.row_length(config)`).
+    Rows hold `row_length` tokens; None = model.seq_len (an objective that consumes more raw
+    tokens per row, such as span corruption, says how many: `Engine.row_length()`).
     Rows are shuffled in windows of `shuffle_window` rows (None = data.shuffle_buffer)."""
     token_streams = documents.map(TokenizeDocument(tokenizer)).to_iter_dataset(read_options)
-    row_length = row_length or objectives.row_length(config)
+    row_length = row_length or config.model.seq_len
     rows = pack_documents(token_streams, seq_len=row_length, pad_id=tokenizer.pad_id,
                           num_bins=num_bins)
     window = config.data.shuffle_buffer if shuffle_window is None else shuffle_window
@@ -241,7 +241,7 @@ def make_train_iterator(config, tokenizer, *, process_index: int | None = None,
                         process_count: int | None = None, row_length: int | None = None,
                         rows=None) -> grain.DatasetIterator:
     """An endless, checkpointable iterator over this process's rows of the global training
-    batches (rows of `row_length` tokens; None = the objective's row length)."""
+    batches (rows of `row_length` tokens; None = model.seq_len)."""
     return iter(train_dataset(config, tokenizer, process_index=process_index,
                               process_count=process_count, row_length=row_length, rows=rows))
 

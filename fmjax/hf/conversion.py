@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmjax import config as config_lib, models, state as state_lib
+from fmjax import config as config_lib, models
+from fmjax.training import state as state_lib
 from fmjax.hf import mapping, params_io
 from fmjax.hf.safetensors_io import HFDir, TensorSpec, write_model
 

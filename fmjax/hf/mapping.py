@@ -197,7 +197,8 @@ class Converter:
     default_sentinels: int = 0
 
 
-CONVERTERS: Registry[Converter] = Registry("fmjax.hf", "model.family", "Hugging Face converter")
+CONVERTERS: Registry[Converter] = Registry(
+    "fmjax.hf", "model.family", "Hugging Face converter", ConfigError)
 
 
 def register(converter: Converter) -> Converter:

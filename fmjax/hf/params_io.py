@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from etils import epath
 
-from fmjax import checkpoint, integrity
+from fmjax.training import checkpoint, integrity
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

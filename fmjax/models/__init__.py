@@ -10,6 +10,7 @@ from typing import Callable
 
 import flax.linen as nn
 
+from fmjax.config import ConfigError
 from fmjax.registry import Registry
 
 
@@ -61,7 +62,7 @@ class Family:
     # fmjax.info reports them apart from `params`
     uncounted_params: tuple[str, ...] = ()
     # (ModelConfig, {model input name: shape}) -> model FLOPs of one row, for families whose
-    # cost is not 6N + 12LdT per token (encoder-decoder); None = that formula (fmjax/flops.py)
+    # cost is not 6N + 12LdT per token (encoder-decoder); None = that formula (fmjax/training/peak_flops.py)
     row_flops: Callable[[ModelConfig, dict], float] | None = None
 
     def __post_init__(self):
@@ -69,7 +70,8 @@ class Family:
             raise ValueError(f"Family {self.name!r}: kind = {self.kind!r}; use one of {KINDS}")
 
 
-FAMILIES: Registry[Family] = Registry("fmjax.models", "model.family", "model family")
+FAMILIES: Registry[Family] = Registry(
+    "fmjax.models", "model.family", "model family", ConfigError)
 
 
 def register(family: Family) -> Family:
@@ -81,8 +83,13 @@ def get_family(name: str) -> Family:
 
 
 def resolve(model_config) -> ModelConfig:
+    """config.model with the family's defaults filled in; ConfigError (naming the field and
+    the fix) for a value the layers cannot run, before anything compiles."""
+    from fmjax.nn import attention, layers
     m = model_config
     family = get_family(m.family)
+    layers.check_remat_policy(m.remat_policy)
+    attention.check_implementation(m.attention_impl, m.seq_len)
     multiple = max(1, m.vocab_multiple)
     tie = m.tie_embeddings
     return ModelConfig(

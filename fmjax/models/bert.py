@@ -18,7 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fmjax import layers, models
+from fmjax.nn import layers
+from fmjax import models
 from fmjax.models.transformer import BlockSpec, stack
 
 SPEC = BlockSpec(norm="layernorm", mlp_activation="gelu_exact", use_bias=True, post_norm=True,

@@ -12,7 +12,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fmjax import layers, models
+from fmjax.nn import layers
+from fmjax import models
 
 # The backbone's keyword names for (tokens, segment ids, positions[, token types]) of the text
 # to classify; a family module whose inputs are named otherwise (T5: the encoder's) or that

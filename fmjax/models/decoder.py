@@ -1,4 +1,4 @@
-"""Decoder-only Transformer assembled from fmjax.layers (blocks: models/transformer.py);
+"""Decoder-only Transformer assembled from fmjax.nn.layers (blocks: models/transformer.py);
 families (gpt2.py, llama.py) choose the pieces through a `DecoderSpec` instead of branching
 here on a family name.
 
@@ -12,7 +12,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fmjax import layers
+from fmjax.nn import layers
 from fmjax.models.transformer import BlockSpec, make_norm, stack
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fmjax import attention as attention_lib, layers
+from fmjax.nn import attention as attention_lib, layers
 
 
 @dataclasses.dataclass(frozen=True)

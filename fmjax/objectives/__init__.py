@@ -20,12 +20,13 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from fmjax import cpu_cross_entropy, cpu_dense, cpu_ffi
+from fmjax import kernels
+from fmjax.nn import layers
 from fmjax.config import ConfigError
 from fmjax.registry import Registry
 
 OBJECTIVES: Registry[Callable[[Any], Any]] = Registry("fmjax.objectives", "objective",
-                                                      "objective")
+                                                      "objective", ConfigError)
 
 
 def register(name: str):
@@ -129,9 +130,9 @@ def cross_entropy(logits_BTV, targets_BT, weights_BT, z_loss: float = 0.0):
     return ce_sum, z_sum, jnp.sum(weights_BT)
 
 
-# float32 logits of one chunk of the fused output layer at most: bench_small's whole batch (8 x
-# 256 positions x 8K classes) in one chunk, 1.2% faster steps on CPU than chunks of 512
-# positions (no loop, no copies of x into chunks), while GPT-2's 50K classes go 256 at a time
+# float32 logits of one chunk of the fused output layer at most: a small model's whole batch
+# (8 x 256 positions x 8K classes) fits one chunk (no loop, no copies of x into chunks), while
+# GPT-2's 50K classes go 256 at a time
 LOGITS_CHUNK_BYTES = 64 << 20
 
 
@@ -158,14 +159,11 @@ def _padding_masked(logits_BCV, num_classes: int):
 
 
 def _ce_chunk(x_BCD, table_VD, targets_BC, weights_BC, num_classes: int):
-    """(weighted CE sum, d sum / d logits) of one chunk of positions: fmjax's CPU kernel
-    (fmjax/cpu_cross_entropy.py) where it applies, else XLA."""
+    """(weighted CE sum, d sum / d logits) of one chunk of positions: operation
+    `cross_entropy` of fmjax/kernels/ (a kernel where one is registered, else XLA)."""
     logits_BCV = _table_logits(x_BCD, table_VD)
-    ce_BC, dlogits_BCV = cpu_ffi.kernel_or_xla(
-        cpu_cross_entropy.applies(logits_BCV),
-        functools.partial(cpu_cross_entropy.ce_and_grad, num_classes=num_classes),
-        functools.partial(_ce_and_grad_xla, num_classes=num_classes),
-        logits_BCV, targets_BC, weights_BC)
+    ce_BC, dlogits_BCV = kernels.call("cross_entropy", _ce_and_grad_xla, logits_BCV, targets_BC,
+                                      weights_BC, num_classes=num_classes)
     return jnp.sum(ce_BC), dlogits_BCV
 
 
@@ -205,8 +203,8 @@ def output_cross_entropy(x_BTD, table_VD, targets_BT, weights_BT, num_classes: i
     whole its [B, T, V] logits, softmax and gradient each make a round trip through DRAM and
     XLA:CPU adds a transposed copy of the logits gradient for the table gradient. Here a scan
     over chunks of positions (LOGITS_CHUNK_BYTES of logits at most) bounds the logits'
-    memory, each chunk's softmax and gradient are one pass (fmjax/cpu_cross_entropy.py on
-    CPU), and the forward pass (when differentiated) already forms the gradients, so the
+    memory, each chunk's softmax and gradient are one pass (where a `cross_entropy` kernel
+    is registered), and the forward pass (when differentiated) already forms the gradients, so the
     backward pass is a scaling."""
     def body(ce, chunk):
         x_BCD, targets_BC, weights_BC = chunk
@@ -225,12 +223,12 @@ def _output_ce_fwd(x_BTD, table_VD, targets_BT, weights_BT, num_classes):
         ce, dlogits_BCV = _ce_chunk(x_BCD, table_VD, targets_BC, weights_BC, num_classes)
         dlogits_BCV = dlogits_BCV.astype(x_BCD.dtype)  # GEMMs in the compute dtype, as autodiff
         dlogits_NV, x_ND = dlogits_BCV.reshape(-1, v), x_BCD.reshape(-1, d)
-        dx_BCD = cpu_dense.affine(dlogits_NV, table_VD, None,
-                                  preferred_element_type=jnp.float32).reshape(x_BCD.shape)
+        dx_BCD = layers.affine(dlogits_NV, table_VD, None,
+                               preferred_element_type=jnp.float32).reshape(x_BCD.shape)
         if dtable_VD is None:
-            dtable_VD = cpu_dense.weight_grads(dlogits_NV, x_ND, with_bias=False)[0]
+            dtable_VD = layers.weight_grads(dlogits_NV, x_ND, with_bias=False)[0]
         else:
-            dtable_VD = cpu_dense.add_weight_grad(dtable_VD, dlogits_NV, x_ND)
+            dtable_VD = layers.add_weight_grad(dtable_VD, dlogits_NV, x_ND)
         return ce, dx_BCD, dtable_VD
 
     def body(carry, chunk):

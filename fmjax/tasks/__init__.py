@@ -3,7 +3,7 @@
 A task is one file `fmjax/tasks/NAME.py` that registers a factory
 `(config, tokenizer) -> Task`: the model (usually the pretrained family's decoder, perhaps under
 a head), its objective, where the pretrained decoder's params sit inside the model's params,
-the training batches and the evaluation. `fmjax.finetuner` does the rest (loading the
+the training batches and the evaluation. `fmjax.training.finetune_stage` does the rest (loading the
 pretrained params, LoRA, the loop, best checkpoint, report), so a new task never edits it.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from fmjax.config import ConfigError
 from fmjax.registry import Registry
 
 
@@ -26,7 +27,8 @@ class Task:
     describe: str = ""  # one line for the log: data, classes, sizes
 
 
-TASKS: Registry[Callable[[Any, Any], Task]] = Registry("fmjax.tasks", "task.name", "task")
+TASKS: Registry[Callable[[Any, Any], Task]] = Registry(
+    "fmjax.tasks", "task.name", "task", ConfigError)
 
 
 def register(name: str):

@@ -1,16 +1,17 @@
 """Sequence classification on a pretrained decoder: a linear head on the last real token
 (fmjax/models/classifier.py), cross-entropy on the labels, and accuracy / macro precision,
-recall, F1 / binary ROC AUC against the majority-class baseline (fmjax/classification_metrics.py).
+recall, F1 / binary ROC AUC against the majority-class baseline (fmjax/tasks/scores.py).
 """
 from __future__ import annotations
 
 import jax
 import numpy as np
 
-from fmjax import classification_metrics, mesh as mesh_lib, objectives, tasks
+from fmjax.tasks import scores
+from fmjax import mesh as mesh_lib, objectives, tasks
 from fmjax.data import classification as data
 from fmjax.data import hash_split, pipeline
-from fmjax.loop import EvalAbandoned
+from fmjax.training.loop import EvalAbandoned
 from fmjax.models.classifier import build_classifier
 
 
@@ -47,7 +48,7 @@ def make(config, tokenizer) -> tasks.Task:
                 acc.append(np.asarray(value))
         logits_NC, labels_N, weights_N = (np.concatenate(x) for x in (logits, labels, weights))
         metrics = {"eval_loss": _softmax_ce(logits_NC, labels_N, weights_N)}
-        metrics.update(classification_metrics.classification_metrics(
+        metrics.update(scores.classification_metrics(
             labels_N, logits_NC, num_classes, weights_N=weights_N))
         metrics["eval_majority_baseline"] = baseline
         return metrics

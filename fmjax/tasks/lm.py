@@ -4,7 +4,8 @@ loss at fine-tune step 0 equals the pretraining run's; on `prompt_completion` .j
 the prompt tokens carry no loss (`loss_mask`, fmjax/data/prompt_completion.py)."""
 from __future__ import annotations
 
-from fmjax import models, objectives, tasks, trainer
+from fmjax import models, objectives, tasks
+from fmjax.training import eval_loss
 from fmjax.data import pipeline
 
 PROMPT_COMPLETION = "prompt_completion"
@@ -24,6 +25,6 @@ def make(config, tokenizer) -> tasks.Task:
         model=model, model_config=model_config,
         objective=objectives.get_named("causal_lm", config), backbone_path=(), head_prefixes=(),
         train_iter=train_iter,
-        evaluate=lambda engine, params, abandon: trainer.evaluate(engine, params, eval_batches,
-                                                                  abandon),
+        evaluate=lambda engine, params, abandon: eval_loss.evaluate(engine, params, eval_batches,
+                                                                    abandon),
         describe=f"causal LM on {config.data.source} ({len(eval_batches)} validation batches)")

@@ -9,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from fmjax import checkpoint
+from fmjax.training import checkpoint
 from tests.e2e.conftest import FINETUNE
 from tests.e2e.test_train_cli import TINY, cli, metrics
 

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from fmjax import checkpoint
+from fmjax.training import checkpoint
 from tests.e2e.test_preemption import ledger, per_step
 from tests.e2e.test_train_cli import ROOT, TINY
 from tests.helpers import FAST_COMPILE_XLA_FLAGS, cpu_env

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from fmjax import checkpoint
+from fmjax.training import checkpoint
 from tests.e2e.test_train_cli import ROOT, TINY, cli
 from tests.helpers import cpu_env
 

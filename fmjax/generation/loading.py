@@ -1,0 +1,54 @@
+"""A checkpoint loaded for generation: a training run's latest (or given) step, or an export
+(fmjax.export, fmjax.convert import), with the run's own tokenizer, on all local devices."""
+from __future__ import annotations
+
+import atexit
+import os
+import tempfile
+
+from fmjax import config as config_lib, mesh as mesh_lib
+from fmjax.data import sp_tokenizer as tokenizer_lib
+from fmjax.training import checkpoint, engine as engine_lib
+
+
+class NoTokenizer(FileNotFoundError):
+    """The checkpoint stores no tokenizer and none was given."""
+
+
+def _tokenizer_file(workdir: str, tokenizer_bytes: bytes) -> str:
+    """The run's own tokenizer file, or the checkpoint's tokenizer (an export) in a temporary
+    file removed at exit."""
+    if os.path.isfile(checkpoint.tokenizer_path(workdir)):
+        return checkpoint.tokenizer_path(workdir)
+    if not tokenizer_bytes:
+        raise NoTokenizer(f"{workdir} stores no tokenizer (a checkpoint converted from a "
+                          "Hugging Face model whose tokenizer is not SentencePiece); pass "
+                          "--tokenizer=PATH.model")
+    with tempfile.NamedTemporaryFile(suffix=".model", delete=False) as f:
+        f.write(tokenizer_bytes)
+    atexit.register(os.remove, f.name)
+    return f.name
+
+
+class _NoObjective:
+    """Generation never trains: the engine gets this stand-in instead of config.objective, so a
+    checkpoint whose objective does not suit its family (an import keeps the default causal_lm,
+    also for t5) or cannot be built (span corruption without sentinel ids) still samples. The
+    engine's train/eval steps are never called (jax.jit traces them lazily)."""
+
+
+def load_run(workdir: str, step: int | None = None, tokenizer_path: str | None = None):
+    """(engine, params, tokenizer, step) of a training run's checkpoint or of an export (params
+    only, verified against its checksums; step -1 for an export), on all local devices."""
+    source = workdir if step is None else os.path.join(checkpoint.checkpoint_dir(workdir), str(step))
+    directory, _ = checkpoint.resolve_params_source(source)
+    config_dict, tokenizer_bytes = checkpoint.read_source(directory)
+    config = config_lib.from_json_dict(config_dict)
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    config.tokenizer.path = tokenizer_path or _tokenizer_file(workdir, tokenizer_bytes)
+    tokenizer = tokenizer_lib.ensure_tokenizer(config)
+    engine = engine_lib.build(config, mesh_lib.make_mesh(config), objective=_NoObjective())
+    params, _, _ = checkpoint.load_params(directory, engine.abstract_state.params,
+                                          engine.shardings.params)
+    name = os.path.basename(directory.rstrip("/"))
+    return engine, params, tokenizer, int(name) if name.isdigit() else -1
