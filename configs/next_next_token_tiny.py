@@ -1,4 +1,4 @@
-"""A toy objective trained end to end: next-next-token prediction (README, "Adding an
+"""A toy objective trained end to end: next-next-token prediction (docs/extending.md, "Adding an
 objective"; fmjax/objectives/next_next_token.py) on a tiny GPT-2-family model.
 
 Source:   none (a fork example); data = this interpreter's stdlib *.py files.

@@ -144,6 +144,12 @@ def base_config() -> ml_collections.ConfigDict:
     ms.fsdp = 1  # fully-sharded data-parallel axis size (params sharded over it)
     ms.tensor = 1  # tensor-parallel axis size (heads / MLP sharded over it)
 
+    c.eval = ev = ml_collections.ConfigDict()  # zero/few-shot tasks in the loop (fmjax/evals/)
+    ev.tasks = ""  # comma-separated eval task names (or jsonl:PATH); "" = none
+    ev.num_fewshot = 0  # solved examples before each question
+    ev.every = 0  # steps between evaluations of the tasks (0 = only at the end)
+    ev.limit = 0  # score only each task's first N examples (0 = all)
+
     c.bench = b = ml_collections.ConfigDict()
     b.warmup_steps = 3  # untimed steps after compile
     b.steps = 10  # timed steps; the median is reported

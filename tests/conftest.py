@@ -61,7 +61,8 @@ SLOWEST_FIRST = (
 # Files that use the session's trained workdirs (`full_run`, `finetune_run` in
 # tests/e2e/conftest.py) run on one worker, so that those CLI runs happen once, not per worker.
 SAME_WORKER_AS = {"e2e/test_finetune_cli.py": "e2e/test_train_cli.py",
-                  "e2e/test_notebooks.py": "e2e/test_train_cli.py"}
+                  "e2e/test_notebooks.py": "e2e/test_train_cli.py",
+                  "e2e/test_evaluate_cli.py": "e2e/test_train_cli.py"}
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)

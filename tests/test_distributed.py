@@ -117,6 +117,7 @@ def test_data_identity_changes_with_the_documents():
         Cfg, source_of({"train": ["a", "b", "c"], "validation": ["v"]}))
 
 
+@pytest.mark.slow
 def test_a_process_whose_peer_never_joins_fails_after_the_timeout(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", FMJAX_COORDINATOR_ADDRESS="127.0.0.1:0",
                FMJAX_NUM_PROCESSES="2", FMJAX_PROCESS_ID="1")

@@ -11,8 +11,8 @@ import pytest
 from tests.helpers import ROOT
 
 PACKAGE = os.path.join(ROOT, "fmjax")
-CLIS = {"fmjax." + name for name in ("train", "finetune", "generate", "export", "convert", "info",
-                                     "bench", "preflight", "tokenizer", "cli")}
+CLIS = {"fmjax." + name for name in ("train", "finetune", "evaluate", "generate", "export",
+                                     "convert", "info", "bench", "preflight", "tokenizer", "cli")}
 
 
 def module_name(path: str) -> str:

@@ -26,6 +26,7 @@ def losses_on_mesh(config, shape, steps=4):
     return np.asarray(out), state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_losses_equal_across_meshes(family):
     config = tiny_config(family)
@@ -40,6 +41,7 @@ def test_losses_equal_across_meshes(family):
     assert q_kernel.addressable_shards[0].data.shape == (2, 32, 1, 4)  # 8 heads over 8 devices
 
 
+@pytest.mark.slow
 def test_grouped_query_attention_equal_across_meshes():
     config = tiny_config("llama", n_kv_heads=2)
     reference, _ = losses_on_mesh(config, (1, 1, 1), steps=3)

@@ -5,7 +5,7 @@ memory analysis says whether the step fits before a pod is booked. The executabl
 for the launch to reuse.
 
 `python -m fmjax.preflight` is the CLI over `run()`; fmjax/aot/fit_report.py words the verdict.
-Model FLOPs come from fmjax's own count (engine.flops_per_token, fmjax/training/peak_flops.py: the MFU
+Model FLOPs come from fmjax's own count (engine.flops_per_token, fmjax/models/flops.py: the MFU
 convention of training logs), never from `compiled.cost_analysis()`, which counts a scanned
 layer once and undercounts fsdp-sharded weight gradients.
 """

@@ -20,6 +20,7 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from fmjax import kernels
+from fmjax.config import ConfigError
 from fmjax.nn.softmax_attention import causal_attention, causal_blocks, chunked_attention
 from fmjax.nn.layers import Dense, constrain, matmul, normal_init, param_init, rope
 
@@ -113,7 +114,6 @@ IMPLEMENTATIONS = ("auto", "fused_cpu", "fmjax", "xla", "cudnn", "splash")  # mo
 def check_implementation(impl: str, seq_len: int) -> None:
     """ConfigError unless `model.attention_impl` = impl can run rows of `seq_len` tokens
     (checked before anything compiles; shape limits seen only when tracing stay there)."""
-    from fmjax.config import ConfigError
     if impl not in IMPLEMENTATIONS:
         raise ConfigError(f"config.model.attention_impl = {impl!r}: unknown implementation; "
                           f"use one of {', '.join(IMPLEMENTATIONS)}")
@@ -274,7 +274,6 @@ class Attention(nn.Module):
         return checkpoint_name(out, "attention_out")
 
     def _splash(self, q_BTHK, k_BSGK, v_BSGK, segment_ids_BT, unsupported: bool):
-        from fmjax.config import ConfigError
         if unsupported:
             raise ConfigError("config.model.attention_impl = 'splash': the splash kernel takes "
                               "self-attention masked by segments (and causally) only, not "
@@ -304,7 +303,6 @@ class Attention(nn.Module):
         unbuilt = None if reason else fused.unavailable()
         reason = reason or unbuilt
         if reason and self.implementation == "fused_cpu":
-            from fmjax.config import ConfigError
             raise ConfigError(f"config.model.attention_impl = 'fused_cpu': {reason}; set "
                               "--config.model.attention_impl=fmjax (fmjax's XLA attention)")
         if unbuilt:

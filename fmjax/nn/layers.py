@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from fmjax import kernels
+from fmjax.config import ConfigError
 
 Dtype = Any
 
@@ -323,6 +324,5 @@ REMAT_POLICIES = {
 def check_remat_policy(policy: str) -> None:
     """ConfigError unless `model.remat_policy` names one of REMAT_POLICIES."""
     if policy not in REMAT_POLICIES:
-        from fmjax.config import ConfigError
         raise ConfigError(f"config.model.remat_policy = {policy!r}: unknown policy; use one of "
                           f"{', '.join(REMAT_POLICIES)}")

@@ -1,4 +1,4 @@
-"""Next-next-token prediction, the README's example of adding an objective: position t of a
+"""Next-next-token prediction, docs/extending.md's example of adding an objective: position t of a
 decoder predicts token t + 2 of the same segment (weight 0 where there is none)."""
 import jax.numpy as jnp
 

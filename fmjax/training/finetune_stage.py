@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shutil
+from typing import Sequence
 
 import jax
 
@@ -170,7 +171,9 @@ class BestKeeper:
             ctx.stop_early()
 
 
-def finetune(config, workdir: str) -> Report:
+def finetune(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
+    """Fine-tunes from config.init_from in `workdir`; `hooks` run after the evaluation and
+    best-checkpoint hooks at their own steps (see loop.Hook)."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
     if not config.init_from:
         raise config_lib.ConfigError(
@@ -222,6 +225,15 @@ def finetune(config, workdir: str) -> Report:
     plan.add_hook(lambda step, state, ctx: task.evaluate(engine, state.params, ctx.abandon),
                   every=every, at_start=every > 0)
     plan.add_hook(keeper, every=every, at_start=every > 0)  # after the evaluation: its metrics
+    if config.eval.tasks:
+        if config.task.name != "lm":
+            raise config_lib.ConfigError(
+                f"config.eval.tasks = {config.eval.tasks!r}: zero/few-shot tasks score a language "
+                f"model, and task.name = {config.task.name!r} trains a classifier; unset "
+                "--config.eval.tasks or fine-tune with task.name=lm")
+        from fmjax.evals import suite
+        plan.add_hook(suite.loop_hook(engine, tokenizer, config.eval), every=config.eval.every)
+    plan.hooks.extend(hooks)
     if jax.process_index() == 0:
         trainable = (sum(x.size for x in jax.tree.leaves(engine.abstract_state.params[lora.LORA_KEY]))
                      if config.lora.rank > 0 else engine.num_params())

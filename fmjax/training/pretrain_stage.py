@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Sequence
 
 import jax
 
@@ -49,7 +50,9 @@ class Report:
         ])
 
 
-def train(config, workdir: str) -> Report:
+def train(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
+    """Pretrains `config` in `workdir` (resuming from its checkpoints); `hooks` run after the
+    evaluation hook at their own steps (a fork's: see loop.Hook)."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
     config_lib.validate(config, num_devices=jax.device_count(),
                         num_processes=jax.process_count())
@@ -80,6 +83,10 @@ def train(config, workdir: str) -> Report:
     plan.add_hook(lambda step, state, ctx: eval_loss.evaluate(engine, state.params, eval_batches,
                                                               ctx.abandon),
                   every=tr.eval_every, at_start=tr.eval_every > 0)
+    if config.eval.tasks:
+        from fmjax.evals import suite
+        plan.add_hook(suite.loop_hook(engine, tokenizer, config.eval), every=config.eval.every)
+    plan.hooks.extend(hooks)
     if jax.process_index() == 0:
         print(f"model {engine.model_config.family}: {num_params:,} parameters; mesh "
               f"{dict(mesh.shape)}; {plan.tokens_per_step:,} tokens/step; "

@@ -34,6 +34,9 @@ CONFIGS = os.path.join(ROOT, "configs")
 GIB = 2 ** 30
 
 
+pytestmark = pytest.mark.slow  # compiles real train steps for TPU topologies
+
+
 def tiny_config(**overrides):
     """A GPT-2 family model small enough to compile in about a second."""
     c = config_lib.base_config()

@@ -285,6 +285,7 @@ def test_batches_have_shapes_dtypes_and_consistent_packing(data_dir, tokenizer):
     assert padding_fraction < 0.1
 
 
+@pytest.mark.slow
 def test_segments_are_exact_chunks_of_training_documents(data_dir, tokenizer, tiny_corpus):
     config = tiny_config(data_dir, tiny_corpus)
     train = sources.get_source(config, "train")
@@ -357,6 +358,7 @@ def test_orbax_saves_and_restores_the_iterator(data_dir, tokenizer, tiny_corpus,
     assert_batches_equal(take(fresh, 4), expected)
 
 
+@pytest.mark.slow
 def test_processes_take_disjoint_rows_of_the_same_global_batches(data_dir, tokenizer, tiny_corpus):
     """The global batch of each step is the same for any process count (so a 2-host run trains
     on a 1-host run's batches and resumes on either): each process takes its rows of it."""
@@ -473,6 +475,7 @@ def test_global_batch_assembles_sharded_arrays(data_dir, tokenizer):
         np.testing.assert_array_equal(np.asarray(value_BT), local[key])
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_in_process_batches(data_dir, tokenizer, tiny_corpus):
     config = tiny_config(data_dir, tiny_corpus)
     expected = take(pipeline.make_train_iterator(config, tokenizer, process_index=0,

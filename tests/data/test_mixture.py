@@ -114,6 +114,7 @@ def test_an_unknown_component_is_named_with_the_mixture(mocked, tokenizer):
 # ----------------------------------------------------------------------------- proportions
 
 
+@pytest.mark.slow
 def test_mixed_documents_follow_the_weights_each_component_in_its_own_order(mocked):
     """Over 4,000 documents every component's share is within 0.5 points of its weight (grain
     interleaves deterministically: exact per 2,000 documents here), and each component's
@@ -135,6 +136,7 @@ def test_mixed_documents_follow_the_weights_each_component_in_its_own_order(mock
     assert pg19_first_epoch != [document("pg19", "train", i) for i in range(50)]  # shuffled
 
 
+@pytest.mark.slow
 def test_batches_carry_the_weights_at_document_level(mocked, tokenizer):
     config = make_config()
     starts = collections.Counter()

@@ -1,4 +1,4 @@
-"""Forking for a new objective (README, "Adding an objective"): the toy next-next-token
+"""Forking for a new objective (docs/extending.md, "Adding an objective"): the toy next-next-token
 objective is one file plus one config, found by name on first use, and trains through the
 normal CLI."""
 import json
@@ -53,7 +53,7 @@ def test_toy_objective_needs_no_edit_outside_its_file():
     assert result.stdout.strip() == "('decoder',)"
 
 
-def test_readme_shows_the_whole_file():
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+def test_the_extending_guide_shows_the_whole_file():
+    guide = open(os.path.join(ROOT, "docs", "extending.md"), encoding="utf-8").read()
     source = open(os.path.join(ROOT, OBJECTIVE_FILE), encoding="utf-8").read()
-    assert f"```python\n{source}```" in readme
+    assert f"```python\n{source}```" in guide

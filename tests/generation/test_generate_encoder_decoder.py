@@ -78,6 +78,7 @@ def test_sampling_options(imported):  # noqa: F811
     np.testing.assert_array_equal(nucleus, greedy)  # the nucleus is the top token alone
 
 
+@pytest.mark.slow
 def test_cli_generate_prints_transformers_greedy_text(hf_dirs, imported):  # noqa: F811
     """The encoder input is HF's T5 tokenizer's: the prompt's pieces + eos (no bos); the text
     is the decoder's output to its eos, extra ids (none are sentinels of HF's layout here:

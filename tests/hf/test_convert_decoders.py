@@ -105,6 +105,7 @@ def import_case(hf_dirs, case, tmp_path, scan=True, **kw):
 
 # ---- the safetensors reader and the streaming checksum -------------------------------------
 
+@pytest.mark.slow
 def test_reader_matches_safe_open_including_slices_and_bfloat16(hf_dirs, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -162,6 +163,7 @@ def test_imported_logits_match_transformers(hf_dirs, tmp_path, case, scan):
     assert diff < 1e-4, diff
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["gpt2", "llama_gqa"])
 def test_greedy_decodes_are_identical(hf_dirs, tmp_path, case):
     """fmjax's KV-cache decoder (what fmjax.generate runs) vs HF recomputing the whole
@@ -232,6 +234,7 @@ def test_sharded_bfloat16_checkpoint_round_trips(tmp_path):
                                   model.model.embed_tokens.weight.detach().float().numpy())
 
 
+@pytest.mark.slow
 def test_a_training_run_exports_to_transformers(tmp_path):
     """A llama trained in fmjax (its workdir: a full train state, scanned layers) -> HF."""
     from tests.training.test_checkpoint import saved_run
@@ -397,6 +400,7 @@ def _train_tokenizer(path, vocab_size, *, files=("textwrap.py", "string.py", "sh
     return spm.SentencePieceProcessor(model_file=path)
 
 
+@pytest.mark.slow
 def test_cli_import_generate_finetune_and_export(tmp_path, data_dir):
     vocab = 320
     source = str(tmp_path / "hf")
@@ -521,6 +525,7 @@ def _peak_increase(mode, tiny, tiny_out, source, out):
     return rss["peak"] - rss["before"]
 
 
+@pytest.mark.slow
 def test_conversion_streams_peak_memory_stays_far_below_the_model(tmp_path):
     """Peak RSS during the conversion minus the RSS before it, in a fresh process that first
     converted a tiny model (imports, tracing, orbax set-up): import and export vs what

@@ -150,6 +150,7 @@ def test_results_are_bitwise_deterministic():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,kv", [("gpt2", 0), ("llama", 2)])
 def test_models_with_the_kernel_match_fmjax_xla_attention(family, kv):
     """Whole models on packed rows: same loss and gradients as fmjax's XLA attention core;
@@ -176,6 +177,7 @@ def test_fused_cpu_refuses_what_it_cannot_run_and_names_the_fix():
                         {k: jnp.asarray(v) for k, v in packed_batch(seq=40).items()})
 
 
+@pytest.mark.slow
 def test_build_is_cached_and_a_missing_compiler_falls_back(tmp_path, monkeypatch, caplog):
     """The library is named by a hash of its inputs and reused; without a compiler the reason
     is reported, `auto` falls back to the XLA core (and logs why) and results are unchanged."""
@@ -248,6 +250,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 targets")
 @pytest.mark.parametrize("arch", ["x86-64-v3", "x86-64"])
 def test_narrower_vector_builds_match_the_core(arch, tmp_path):

@@ -59,6 +59,7 @@ def _loss_and_grads(impl, mesh, kv=0):
         return loss_and_grads(params)
 
 
+@pytest.mark.slow
 def test_splash_model_on_a_sharded_mesh_equals_xla_attention():
     """Under a (data 2, fsdp 2, tensor 2) mesh the kernel runs per device through shard_map;
     loss and gradients equal jax.nn attention on one device (llama, 4 heads over 2 kv heads)."""

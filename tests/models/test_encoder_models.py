@@ -219,6 +219,7 @@ def _inputs(family, batch=B):
     return (enc,) if family == "bert" else (enc, _tokens(4, (batch, 16)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["bert", "t5_1_1"])
 def test_scanned_layers_equal_unrolled_with_the_same_params(family):
     scanned_model, scanned_params, scanned = _built(family)
@@ -252,6 +253,7 @@ def _assert_same_loss_and_grads(a, b, rtol):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["t5", "bert"])
 def test_fmjax_attention_matches_jax_nn_attention_with_bias_gradients(family):
     """The CPU attention core (hand-written backward, incl. the relative-bias gradient) against
@@ -269,6 +271,7 @@ def test_remat_keeps_logits_and_gradients(family, policy):
                                                 remat_policy=policy), 1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["bert", "t5_1_1"])
 def test_bf16_compute_keeps_fp32_params_and_logits(family):
     inputs = _inputs(family)
@@ -280,6 +283,7 @@ def test_bf16_compute_keeps_fp32_params_and_logits(family):
     assert 0 < np.abs(logits - ref).max() < 0.1 * np.abs(ref).max()
 
 
+@pytest.mark.slow
 def test_dropout_trains_with_an_rng():
     model_, params, _ = _built("t5", dropout=0.5)
     run = jax.jit(lambda seed: model_.apply({"params": params}, *_inputs("t5"),
@@ -289,6 +293,7 @@ def test_dropout_trains_with_an_rng():
     np.testing.assert_array_equal(np.asarray(run(0)), np.asarray(run(0)))
 
 
+@pytest.mark.slow
 def test_pooled_features_and_classifier_over_bert_and_t5():
     for family in ("bert", "t5"):
         config = _config(family)

@@ -92,6 +92,7 @@ def test_bf16_compute_keeps_fp32_params():
     assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,kv,seq", [("gpt2", 0, 32), ("gpt2", 0, 128), ("llama", 2, 128)])
 def test_fmjax_attention_matches_jax_nn_attention_with_gradients(family, kv, seq):
     """fmjax's attention core (hand-written backward, used on CPU) against

@@ -418,6 +418,7 @@ def test_next_next_token_targets_two_ahead_in_the_same_segment():
 RANDOM_OBJECTIVES = ["mlm", "span_corruption", "prefix_lm"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", RANDOM_OBJECTIVES)
 def test_deterministic_given_the_rng_and_jittable(name):
     config = make_config(name)

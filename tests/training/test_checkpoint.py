@@ -56,6 +56,7 @@ def restore_latest(workdir, engine, messages):
     return out
 
 
+@pytest.mark.slow
 def test_reshard_across_meshes_and_device_counts(tmp_path):
     """(2,2,2) on 8 devices -> (4,2,1) -> 1 device -> back to (2,2,2): every restore holds the same
     params and optimizer state, and the next step's loss equals the writer's to 1e-6."""
@@ -151,6 +152,7 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
     assert saved_step == 4 and not messages
 
 
+@pytest.mark.slow
 def test_retention_keeps_last_k_and_every_mth(tmp_path):
     workdir = str(tmp_path)
     config = tiny_config()
@@ -181,6 +183,7 @@ def test_resume_guard_rails_name_the_keys():
     loop.check_resume_config(saved, config)
 
 
+@pytest.mark.slow
 def test_skip_mode_drops_a_nonfinite_update_and_keeps_going():
     config = tiny_config()
     config.train.on_nonfinite = "skip"

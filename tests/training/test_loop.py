@@ -30,6 +30,7 @@ def sigterm():
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_signal_during_first_compile_saves_the_finished_step(tmp_path, data_dir, monkeypatch):
     original = engine_lib.Engine.run_train_step
     calls = []
@@ -46,6 +47,7 @@ def test_signal_during_first_compile_saves_the_finished_step(tmp_path, data_dir,
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
 
 
+@pytest.mark.slow
 def test_signal_mid_eval_abandons_it_and_saves(tmp_path, data_dir, monkeypatch):
     original = engine_lib.Engine.run_eval_step
     calls = []
@@ -135,3 +137,44 @@ def test_grace_period_is_enforced_after_a_signal():
         sigterm()  # the run stops in time: leaving the block cancels the deadline
     time.sleep(0.5)
     assert exits == []
+
+
+@pytest.mark.slow
+def test_a_forks_hook_runs_at_its_steps_and_a_resume_neither_repeats_nor_skips_one(
+        tmp_path, data_dir, monkeypatch):
+    """A hook added by a fork (Plan.add_hook / the stages' `hooks`) runs every 4 steps and at
+    the end; its metrics reach metrics.jsonl; killed at step 6 and resumed, the run calls it at
+    exactly the steps an uninterrupted run does; ctx.stop_early() ends the run after its step."""
+    seen = []
+
+    def count_params(step, state, ctx):
+        seen.append(step)
+        assert "eval_loss" in ctx.metrics or step % 6  # the evaluation hook ran first
+        return {"hook_step": float(step)}
+
+    hook = loop.Hook(count_params, every=4)
+    assert [s for s in range(13) if hook.due(s, 12)] == [4, 8, 12]
+    original = checkpoint.save
+
+    def save_then_signal(manager, step, *args, **kwargs):
+        out = original(manager, step, *args, **kwargs)
+        if step == 6 and not os.environ.get("RESUMED"):
+            sigterm()
+        return out
+
+    monkeypatch.setattr(checkpoint, "save", save_then_signal)
+    first = trainer.train(tiny(data_dir), str(tmp_path), hooks=[hook])
+    assert first.preempted and first.steps == 6 and seen == [4]
+    monkeypatch.setenv("RESUMED", "1")
+    trainer.train(tiny(data_dir), str(tmp_path), hooks=[hook])
+    assert seen == [4, 8, 12]
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "hook_step" in r] == [4, 8, 12]
+
+    def stop_at_8(step, state, ctx):
+        if step == 8:
+            ctx.stop_early()
+
+    report = trainer.train(tiny(data_dir), str(tmp_path / "early"),
+                           hooks=[loop.Hook(stop_at_8, every=4)])
+    assert report.steps == 8 and latest(str(tmp_path / "early")) == 8

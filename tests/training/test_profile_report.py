@@ -33,6 +33,7 @@ def test_groups_fold_layers_and_name_the_pass(op_name, group):
     assert profile_report.op_names(hlo) == {"fusion.7": group}
 
 
+@pytest.mark.slow
 def test_bench_profile_accounts_for_the_whole_step():
     spec = importlib.util.spec_from_file_location("bench_small",
                                                   os.path.join(ROOT, "configs/bench_small.py"))

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fmjax.training import engine as engine_lib
 from fmjax import mesh as mesh_lib, objectives
@@ -103,6 +104,7 @@ def test_unknown_objective_names_the_field():
         objectives.get(config)
 
 
+@pytest.mark.slow
 def test_remat_policies_and_scan_do_not_change_the_maths():
     """Every named remat policy, with and without nn.scan over layers, gives the same losses
     and gradient norms as plain backprop (unrolled and scanned params init differently, so

@@ -13,6 +13,7 @@ from tests.helpers import packed_batch, tiny_config
 XLA_DEFAULTS = {"xla_cpu_use_fusion_emitters": True, "xla_backend_optimization_level": 3}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_xla_default_compile_trains_like_the_suites_fast_compile(family):
     config = tiny_config(family)

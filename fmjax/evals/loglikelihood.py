@@ -1,0 +1,123 @@
+"""Log-likelihood of continuations given contexts for decoder models, by lm-evaluation-harness's
+definition: the context's tokens joined with the continuation's, and the sum of the
+log-probabilities of the continuation's tokens only (plus whether greedy decoding would have
+produced exactly them). A request longer than the model's rows loses tokens from the left of
+its context, as the harness truncates, and is counted.
+
+Speed: requests are packed into rows of `row_length` tokens with segment ids (a request never
+attends to another), longest first into the first row with room, and rows run in batches of a
+fixed shape, so one program is compiled however many requests there are.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    context_ids: tuple[int, ...]  # may be empty only if continuation_ids has 2+ tokens
+    continuation_ids: tuple[int, ...]  # at least one token
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    logprob: float  # sum of log p(continuation token | everything before it)
+    is_greedy: bool  # every continuation token is the argmax of its prediction
+    truncated: bool  # tokens were dropped from the left of the context
+
+
+@dataclasses.dataclass(frozen=True)
+class _Placed:
+    row: int
+    start: int  # first input position of the request in its row
+    length: int  # input positions it occupies (context + continuation - 1)
+    continuation: int  # its last `continuation` positions predict the continuation
+
+
+def _inputs_and_targets(request: Request, row_length: int
+                        ) -> tuple[list[int], list[int], int, bool]:
+    """(inputs, targets, scored positions, truncated): the last row_length + 1 tokens of
+    context + continuation; a continuation longer than a row keeps its last row_length tokens
+    (the harness's left truncation, applied to the whole request)."""
+    whole = list(request.context_ids) + list(request.continuation_ids)
+    if not request.continuation_ids or len(whole) < 2:
+        raise ValueError("a request needs a continuation token and one token before it")
+    truncated = len(whole) - 1 > row_length
+    whole = whole[-(row_length + 1):]
+    return whole[:-1], whole[1:], min(len(request.continuation_ids), len(whole) - 1), truncated
+
+
+def pack(requests: Sequence[Request], row_length: int):
+    """(rows, placements, truncated flags): rows is a dict of int32 [R, row_length] arrays
+    `tokens`, `segment_ids`, `positions`, `targets`, `weights` (1 on continuation positions)."""
+    prepared = [_inputs_and_targets(r, row_length) for r in requests]
+    order = sorted(range(len(requests)), key=lambda i: -len(prepared[i][0]))
+    free: list[int] = []  # room left per row
+    placed: list[_Placed | None] = [None] * len(requests)
+    for i in order:
+        n = len(prepared[i][0])
+        row = next((r for r, room in enumerate(free) if room >= n), None)
+        if row is None:
+            row = len(free)
+            free.append(row_length)
+        placed[i] = _Placed(row, row_length - free[row], n, prepared[i][2])
+        free[row] -= n
+    shape = (len(free), row_length)
+    rows = {k: np.zeros(shape, np.int32) for k in ("tokens", "segment_ids", "positions",
+                                                   "targets", "weights")}
+    segment = np.zeros(len(free), np.int32)
+    for i, p in enumerate(placed):
+        inputs, targets, _, _ = prepared[i]
+        segment[p.row] += 1
+        span = slice(p.start, p.start + p.length)
+        rows["tokens"][p.row, span] = inputs
+        rows["targets"][p.row, span] = targets
+        rows["segment_ids"][p.row, span] = segment[p.row]
+        rows["positions"][p.row, span] = np.arange(p.length)
+        rows["weights"][p.row, p.start + p.length - p.continuation:p.start + p.length] = 1
+    return rows, placed, [t for _, _, _, t in prepared]
+
+
+def make_token_scorer(apply_logits: Callable, vocab_size: int):
+    """jitted (params, rows) -> (log p(target) [R, T], target is the argmax [R, T]);
+    apply_logits(params, tokens, segment_ids, positions) -> logits [R, T, V'] (V' >= vocab_size:
+    padded embedding rows are never predicted)."""
+    def score(params, rows):
+        logits = apply_logits(params, rows["tokens"], rows["segment_ids"], rows["positions"])
+        logits = logits.astype(jnp.float32)
+        if logits.shape[-1] > vocab_size:
+            logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        target_logp = jnp.take_along_axis(logp, rows["targets"][..., None], axis=-1)[..., 0]
+        return target_logp, jnp.argmax(logits, axis=-1) == rows["targets"]
+    return jax.jit(score)
+
+
+def loglikelihoods(scorer, params, requests: Sequence[Request], *, row_length: int,
+                   batch_rows: int, progress: Callable[[int, int], None] | None = None
+                   ) -> list[Result]:
+    """Results of `requests` in order; `scorer` from make_token_scorer. Rows run `batch_rows`
+    at a time (the last batch padded with empty rows); progress(rows_done, rows_total)."""
+    rows, placed, truncated = pack(requests, row_length)
+    total = len(rows["tokens"])
+    pad = -total % batch_rows
+    rows = {k: np.concatenate([v, np.zeros((pad, row_length), np.int32)]) for k, v in rows.items()}
+    logp, greedy = [], []
+    for start in range(0, total + pad, batch_rows):
+        batch = {k: v[start:start + batch_rows] for k, v in rows.items()}
+        lp, gr = scorer(params, batch)
+        logp.append(np.asarray(lp, np.float64))
+        greedy.append(np.asarray(gr))
+        if progress is not None:
+            progress(min(start + batch_rows, total), total)
+    logp, greedy = np.concatenate(logp), np.concatenate(greedy)
+    out = []
+    for p, cut in zip(placed, truncated):
+        span = slice(p.start + p.length - p.continuation, p.start + p.length)
+        out.append(Result(float(logp[p.row, span].sum()), bool(greedy[p.row, span].all()), cut))
+    return out

@@ -1,0 +1,106 @@
+"""Runs evaluation tasks on a loaded model: examples -> requests -> packed log-likelihoods on
+the model's own rows -> lm-evaluation-harness's metrics, and its results layout for JSON."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Sequence
+
+from fmjax import evals, models
+from fmjax.config import ConfigError
+from fmjax.evals import loglikelihood, multiple_choice
+
+
+def decoder_scorer(engine):
+    """make_token_scorer for the engine's decoder (the other kinds score differently: the
+    evaluation issue's T5 and BERT scorers are not built yet)."""
+    kind = models.get_family(engine.model_config.family).kind
+    if kind != "decoder":
+        raise ConfigError(f"model.family = {engine.model_config.family!r} is an {kind} model; "
+                          "fmjax.evaluate scores decoders (gpt2, llama) so far")
+    model = engine.model
+    return loglikelihood.make_token_scorer(
+        lambda params, tokens, segments, positions: model.apply(
+            {"params": params}, tokens, segments, positions),
+        engine.model_config.vocab_size)
+
+
+def _progress(name: str):
+    start = time.monotonic()
+
+    def show(done: int, total: int):
+        elapsed = time.monotonic() - start
+        eta = elapsed / done * (total - done) if done else 0.0
+        sys.stderr.write(f"\r{name}: {done}/{total} rows, {elapsed:.0f} s, eta {eta:.0f} s")
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+    return show
+
+
+def evaluate(engine, params, tokenizer, task_names: Sequence[str], *, num_fewshot: int = 0,
+             limit: int = 0, seed: int = 1234, batch_rows: int = 8, progress: bool = True
+             ) -> dict[str, multiple_choice.Scores]:
+    """{task name: Scores} of each task's first `limit` examples (0 = all)."""
+    scorer = decoder_scorer(engine)
+    prefix = (tokenizer.bos_id,) if tokenizer.bos_id >= 0 else ()
+    out = {}
+    for name in task_names:
+        task = evals.get(name)
+        examples = task.load(task.eval_split)
+        examples = examples[:limit] if limit else examples
+        contexts = multiple_choice.fewshot_contexts(task, examples, num_fewshot, seed)
+        requests = multiple_choice.requests(task, contexts, examples, tokenizer.encode, prefix)
+        results = loglikelihood.loglikelihoods(
+            scorer, params, requests, row_length=engine.model_config.seq_len,
+            batch_rows=batch_rows, progress=_progress(name) if progress else None)
+        out[name] = multiple_choice.score(examples, results)
+    return out
+
+
+def loop_hook(engine, tokenizer, eval_config):
+    """A training-loop hook (fmjax/training/loop.py) that scores config.eval.tasks and returns
+    '{task}/acc' and '{task}/acc_norm' for metrics.jsonl and TensorBoard."""
+    names = [n.strip() for n in eval_config.tasks.split(",") if n.strip()]
+    for name in names:
+        evals.get(name)  # an unknown name fails before training starts
+
+    def hook(step, state, ctx):
+        scores = evaluate(engine, state.params, tokenizer, names,
+                          num_fewshot=eval_config.num_fewshot, limit=eval_config.limit,
+                          progress=False)
+        return {f"{name}/{metric}": getattr(s, metric) for name, s in scores.items()
+                for metric in ("acc", "acc_norm")}
+    return hook
+
+
+def results_json(scores: dict[str, multiple_choice.Scores], *, num_fewshot: int, model: str,
+                 limit: int) -> dict:
+    """lm-evaluation-harness's results layout ("results" with "metric,filter" keys,
+    "n-samples", "configs"), so tools that read the harness's files read fmjax's."""
+    return {
+        "results": {name: {"alias": name, "acc,none": s.acc, "acc_stderr,none": s.acc_stderr,
+                           "acc_norm,none": s.acc_norm, "acc_norm_stderr,none": s.acc_norm_stderr}
+                    for name, s in scores.items()},
+        "n-samples": {name: {"original": s.n, "effective": s.n} for name, s in scores.items()},
+        "configs": {name: {"task": name, "num_fewshot": num_fewshot, "output_type":
+                           "multiple_choice", "metric_list": [{"metric": "acc"},
+                                                              {"metric": "acc_norm"}]}
+                    for name in scores},
+        "n-shot": {name: num_fewshot for name in scores},
+        "config": {"model": "fmjax", "model_args": model, "limit": limit or None},
+        "fmjax": {name: {"truncated_requests": s.truncated} for name, s in scores.items()},
+    }
+
+
+def table(scores: dict[str, multiple_choice.Scores], num_fewshot: int) -> str:
+    lines = [f"{'task':<28} {'shots':>5} {'metric':<9} {'value':>7} {'stderr':>7} {'n':>6}"]
+    for name, s in scores.items():
+        for metric, value, se in (("acc", s.acc, s.acc_stderr),
+                                  ("acc_norm", s.acc_norm, s.acc_norm_stderr)):
+            lines.append(f"{name[-28:]:<28} {num_fewshot:>5} {metric:<9} {value:>7.4f} "
+                         f"{se:>7.4f} {s.n:>6}")
+        if s.truncated:
+            lines.append(f"  ({s.truncated} requests truncated from the left to the model's "
+                         "length)")
+    return "\n".join(lines)
