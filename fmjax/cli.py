@@ -107,6 +107,22 @@ def load_config():
     return FLAGS.config
 
 
+def load_checkpoint(workdir: str, step: int | None = None, tokenizer: str | None = None):
+    """fmjax.generation.loading.load_run for the --workdir, --step and --tokenizer flags: a
+    path that holds no checkpoint, or a checkpoint without a tokenizer, is a UsageError naming
+    the flag that fixes it."""
+    from fmjax.generation import loading
+    from fmjax.training.checkpoint import NotACheckpoint
+    try:
+        return loading.load_run(workdir, step, tokenizer)
+    except NotACheckpoint as e:
+        raise UsageError(f"--workdir={workdir}: {e}; pass a directory written by fmjax.train or "
+                         "fmjax.finetune, one of its checkpoints/STEP directories, or an "
+                         "export") from None
+    except loading.NoTokenizer as e:
+        raise UsageError(str(e)) from None
+
+
 def no_extra_args(argv):
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}")

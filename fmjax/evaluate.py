@@ -26,21 +26,12 @@ def main(argv):
     import json
     from fmjax import evals
     from fmjax.evals import suite
-    from fmjax.generation import loading
-    from fmjax.training.checkpoint import NotACheckpoint
     if FLAGS.num_fewshot < 0 or FLAGS.limit < 0:
         raise cli.UsageError("--num_fewshot and --limit must be >= 0")
     for name in FLAGS.tasks:  # an unknown name fails before the checkpoint loads
         evals.get(name)
-    try:
-        engine, params, tokenizer, step = loading.load_run(FLAGS.workdir, FLAGS.step,
-                                                           FLAGS.tokenizer)
-    except NotACheckpoint as e:
-        raise cli.UsageError(f"--workdir={FLAGS.workdir}: {e}; pass a directory written by "
-                             "fmjax.train or fmjax.finetune, one of its checkpoints/STEP "
-                             "directories, or an export") from None
-    except loading.NoTokenizer as e:
-        raise cli.UsageError(str(e)) from None
+    engine, params, tokenizer, step = cli.load_checkpoint(FLAGS.workdir, FLAGS.step,
+                                                          FLAGS.tokenizer)
     scores = suite.evaluate(engine, params, tokenizer, FLAGS.tasks, num_fewshot=FLAGS.num_fewshot,
                             limit=FLAGS.limit, seed=FLAGS.seed, batch_rows=FLAGS.batch_rows)
     print(suite.table(scores, FLAGS.num_fewshot))

@@ -25,17 +25,9 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv):
     cli.no_extra_args(argv)
-    from fmjax.generation import loading, sampling
-    from fmjax.training.checkpoint import NotACheckpoint
-    try:
-        engine, params, tokenizer, step = loading.load_run(FLAGS.workdir, FLAGS.step,
-                                                           FLAGS.tokenizer)
-    except NotACheckpoint as e:
-        raise cli.UsageError(f"--workdir={FLAGS.workdir}: {e}; pass a directory written by "
-                             "fmjax.train or fmjax.finetune, one of its checkpoints/STEP "
-                             "directories, or an export") from None
-    except loading.NoTokenizer as e:
-        raise cli.UsageError(str(e)) from None
+    from fmjax.generation import sampling
+    engine, params, tokenizer, step = cli.load_checkpoint(FLAGS.workdir, FLAGS.step,
+                                                          FLAGS.tokenizer)
     try:
         texts = sampling.sample_texts(engine, params, tokenizer, FLAGS.prompt,
                                       max_new_tokens=FLAGS.max_new_tokens,
