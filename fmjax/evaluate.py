@@ -9,7 +9,8 @@ from absl import flags
 from fmjax import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Run directory, one of its checkpoint step dirs, or an export.")
+flags.DEFINE_string("workdir", None,
+                    "Run directory, one of its checkpoint step dirs, or an export.")
 flags.DEFINE_list("tasks", None, "Comma-separated eval tasks: registered names or jsonl:PATH.")
 flags.DEFINE_integer("num_fewshot", 0, "Solved examples before each question.")
 flags.DEFINE_integer("limit", 0, "Score only each task's first N examples (0 = all).")
@@ -17,7 +18,8 @@ flags.DEFINE_integer("seed", 1234, "Seed of the few-shot draws.")
 flags.DEFINE_integer("batch_rows", 8, "Packed rows per forward pass.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_string("tokenizer", None, "SentencePiece .model to use instead of the checkpoint's.")
-flags.DEFINE_string("output", None, "Write the results here as JSON (lm-evaluation-harness layout).")
+flags.DEFINE_string("output", None,
+                    "Write the results here as JSON (lm-evaluation-harness layout).")
 flags.mark_flags_as_required(["workdir", "tasks"])
 
 

@@ -75,7 +75,8 @@ def summary(result: Result, step_s: float | None = None) -> dict:
            "compile_s": round(result.compile_s, 2), "tokens_per_step": result.tokens_per_step,
            "host_peak_rss_gib": round(result.host_rss_bytes / GIB, 2),
            "model_flops_per_step": result.model_flops_per_step,
-           "flops_convention": "fmjax: 6N + 12LdT per token (fmjax/models/flops.py), as training logs",
+           "flops_convention": ("fmjax: 6N + 12LdT per token (fmjax/models/flops.py), as "
+                                 "training logs"),
            "peak_flops": result.target.peak_flops, "ideal_step_s": result.ideal_step_s,
            "knobs": [] if result.fits else knobs(result)}
     if step_s:

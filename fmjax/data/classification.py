@@ -131,7 +131,7 @@ def open_classification(config, split: str) -> ClassificationSource:
         tfds_split = capped_split(config, split, builder.info.splits[split].num_examples)
         records = builder.as_data_source(split=tfds_split)
     else:
-        data_dir = tfds_data_dir(config)
+        data_dir = tfds_data_dir(config.data)
         builder = prepare_or_explain(tfds_builder(name, data_dir), name, data_dir)
         tfds_split = resolve_split(name, split, list(builder.info.splits),
                                    validation_split=config.data.validation_split)
@@ -309,7 +309,8 @@ def train_dataset(config, tokenizer, *, process_index: int | None = None,
                   process_count: int | None = None,
                   source: ClassificationSource | None = None) -> grain.IterDataset:
     """This process's examples, shuffled per epoch (order = f(seed, epoch, index)), forever."""
-    index, count, batch_size = pipeline.process_shard(config, process_index, process_count)
+    index, count, batch_size = pipeline.process_shard(config.train.global_batch_size,
+                                                        process_index, process_count)
     source = source if source is not None else open_classification(config, hash_split.TRAIN)
     examples = pipeline.shard_documents(source, index, count, hash_split.TRAIN)
     return pipeline.example_batches(examples, EncodeExample(tokenizer, config.model.seq_len),
@@ -333,7 +334,8 @@ def eval_dataset(config, tokenizer, split: str = hash_split.VALIDATION, *,
     Every process gets the same number of batches, ceil(ceil(N / count) / B), so multi-host
     evaluation steps stay in lockstep; rows past a process's examples are weight-0 padding.
     """
-    index, count, batch_size = pipeline.process_shard(config, process_index, process_count)
+    index, count, batch_size = pipeline.process_shard(config.train.global_batch_size,
+                                                        process_index, process_count)
     source = source if source is not None else open_classification(config, split)
     if len(source) == 0:
         raise ConfigError(f"config.data.source = {config.data.source!r}: {source.identity} "

@@ -87,7 +87,7 @@ def local_text_builder(config) -> FmjaxLocalText:
     validation_percent = hash_split.check_validation_percent(config.data.validation_percent)
     builder_config = local_text_config(config.data.paths, text_field=config.data.text_field,
                                        validation_percent=validation_percent)
-    builder = FmjaxLocalText(config=builder_config, data_dir=tfds_data_dir(config),
+    builder = FmjaxLocalText(config=builder_config, data_dir=tfds_data_dir(config.data),
                              file_format="array_record")
     return prepare(builder)
 

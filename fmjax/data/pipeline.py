@@ -13,8 +13,9 @@ host, and a checkpoint resumes on another process count: iterator states are key
 Each batch is a dict of int32 numpy arrays `tokens_BT`, `segment_ids_BT`, `positions_BT` under
 the keys 'tokens', 'segment_ids', 'positions'. T is the `row_length` the caller passes: the
 objective's raw row length (`Engine.row_length()`: model.seq_len, or more for span corruption,
-whose encoder input is then exactly seq_len); model.seq_len when not given. The iterator's `get_state()` / `set_state()` (and
-orbax via `grain.checkpoint.CheckpointSave` / `CheckpointRestore`) resume it exactly.
+whose encoder input is then exactly seq_len); model.seq_len when not given. The iterator's
+`get_state()` / `set_state()` (and orbax via `grain.checkpoint.CheckpointSave` /
+`CheckpointRestore`) resume it exactly.
 
 Mixtures (`config.data.mixture`, fmjax/data/mixture.py): each component's documents are
 shuffled per epoch with a seed derived from (seed, component name) and repeated, then
@@ -59,15 +60,17 @@ def derive_seed(seed: int, purpose: str) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-def process_shard(config, process_index: int | None, process_count: int | None):
-    """(process_index, process_count, local batch size), defaulting to this JAX process."""
+def process_shard(global_batch_size: int, process_index: int | None,
+                  process_count: int | None):
+    """(process_index, process_count, local batch size) of train.global_batch_size, defaulting
+    to this JAX process."""
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
-    if config.train.global_batch_size % count:
+    if global_batch_size % count:
         raise ConfigError(
-            f"config.train.global_batch_size = {config.train.global_batch_size}: not divisible "
+            f"config.train.global_batch_size = {global_batch_size}: not divisible "
             f"by the {count} processes; use a multiple of {count}")
-    return index, count, config.train.global_batch_size // count
+    return index, count, global_batch_size // count
 
 
 def block_rows(index: int, count: int, global_batch_size: int) -> list[int]:
@@ -97,8 +100,8 @@ class SelectRows(grain.transforms.Map):
         return {k: v[self.rows] for k, v in batch.items()}
 
 
-def _rows_for(config, index: int, count: int, rows) -> list[int]:
-    size = config.train.global_batch_size
+def _rows_for(size: int, index: int, count: int, rows) -> list[int]:
+    """Process `index`'s rows of a global batch of `size` (train.global_batch_size), checked."""
     rows = block_rows(index, count, size) if rows is None else list(rows)
     distinct = set(rows)
     if len(distinct) != size // count or len(rows) != len(distinct) or not all(
@@ -144,8 +147,8 @@ def train_dataset(config, tokenizer, *, process_index: int | None = None,
     """This process's rows (`rows`, default `block_rows`) of the global training batches: the
     batches of the row streams it owns (fmjax/data/streams.py), each stream packing every S-th
     document on its own, read ahead by one background thread (or data.num_workers processes)."""
-    index, count, _ = process_shard(config, process_index, process_count)
-    rows = _rows_for(config, index, count, rows)
+    index, count, _ = process_shard(config.train.global_batch_size, process_index, process_count)
+    rows = _rows_for(config.train.global_batch_size, index, count, rows)
     size, num_streams = config.train.global_batch_size, streams.num_streams(config)
     owned = streams.owned_streams(rows, num_streams, size)
     documents = train_documents(config)
@@ -160,7 +163,7 @@ def train_dataset(config, tokenizer, *, process_index: int | None = None,
     batches = streams.RowStreams(stream_batches, owned, rows)
     if config.data.num_workers <= 0:
         return grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=2)
-    return with_workers(batches, config)
+    return with_workers(batches, config.data.num_workers)
 
 
 def train_documents(config) -> grain.MapDataset:
@@ -176,17 +179,18 @@ def train_documents(config) -> grain.MapDataset:
                 f"{len(source)} documents, fewer than its {num_streams} row streams "
                 "(config.data.streams; 0 = one per batch row), which would read the same "
                 "documents; set --config.data.streams=1 or a smaller divisor of the batch")
-        return epochs(source, config, purpose)
+        return epochs(source, shuffle=config.data.shuffle, seed=config.seed,
+                      shuffle_purpose=purpose)
 
     return each_source(config, "train", shuffled_epochs)
 
 
-def epochs(source, config, shuffle_purpose: str) -> grain.MapDataset:
+def epochs(source, *, shuffle: bool, seed: int, shuffle_purpose: str) -> grain.MapDataset:
     """`source` repeated forever; epoch e shuffled (if data.shuffle) with a seed derived from
     (seed, shuffle_purpose) and folded with e."""
     documents = shard_documents(source, 0, 1, "train")
-    if config.data.shuffle:
-        documents = documents.shuffle(seed=derive_seed(config.seed, shuffle_purpose))
+    if shuffle:
+        documents = documents.shuffle(seed=derive_seed(seed, shuffle_purpose))
     return documents.repeat()
 
 
@@ -209,13 +213,14 @@ def each_source(config, split: str, documents_of) -> grain.MapDataset:
         [component.weight for component, _ in opened])
 
 
-def with_workers(batches: grain.IterDataset, config) -> grain.IterDataset:
-    """`batches` produced by `config.data.num_workers` grain worker processes (0 = in this one)."""
-    if config.data.num_workers <= 0:
+def with_workers(batches: grain.IterDataset, num_workers: int) -> grain.IterDataset:
+    """`batches` produced by `num_workers` (data.num_workers) grain worker processes (0 = in
+    this one)."""
+    if num_workers <= 0:
         return batches
     if not flags.FLAGS.is_parsed():  # grain workers read absl flags; outside absl.app
         flags.FLAGS.mark_as_parsed()  # (notebooks, tests) their defaults are used.
-    return batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+    return batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
 
 
 def example_batches(examples: grain.MapDataset, encode: grain.transforms.Map, config,
@@ -227,7 +232,7 @@ def example_batches(examples: grain.MapDataset, encode: grain.transforms.Map, co
         examples = examples.shuffle(seed=derive_seed(config.seed, shuffle_purpose))
     rows = examples.repeat().map(encode)
     return with_workers(rows.to_iter_dataset(READ_OPTIONS).batch(batch_size, drop_remainder=True),
-                        config)
+                        config.data.num_workers)
 
 
 def one_pass_rows(num_examples: int, process_count: int, batch_size: int) -> int:
@@ -252,8 +257,9 @@ def make_eval_batches(config, tokenizer, *, process_index: int | None = None,
     """`config.train.eval_batches` validation batches, this process's rows of the same global
     batches every call and for any process count (rows of `row_length` tokens; None = the
     objective's row length)."""
-    index, count, _ = process_shard(config, process_index, process_count)
-    select = SelectRows(_rows_for(config, index, count, rows), config.train.global_batch_size)
+    size = config.train.global_batch_size
+    index, count, _ = process_shard(size, process_index, process_count)
+    select = SelectRows(_rows_for(size, index, count, rows), size)
     batches = iter(packed_batches(eval_documents(config), config, tokenizer,
                                   config.train.global_batch_size, row_shuffle_seed=None,
                                   row_length=row_length))

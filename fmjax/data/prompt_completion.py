@@ -169,7 +169,8 @@ def train_dataset(config, tokenizer, *, process_index: int | None = None,
                   records: list[dict[str, str]] | None = None) -> grain.IterDataset:
     """This process's records (every count-th from index), shuffled per epoch (order =
     f(seed, epoch, index)), repeated forever, encoded, batched."""
-    index, count, batch_size = pipeline.process_shard(config, process_index, process_count)
+    index, count, batch_size = pipeline.process_shard(config.train.global_batch_size,
+                                                        process_index, process_count)
     records = open_prompt_completion(config, hash_split.TRAIN) if records is None else records
     examples = grain.MapDataset.source(records)[index::count]
     if len(examples) == 0:
@@ -204,7 +205,8 @@ def make_prompt_completion_eval_batches(config, tokenizer, *, process_index: int
     (segment_ids and loss_mask all 0), so they add nothing to a loss or token count. Real rows
     are those with segment_ids[:, 0] == 1; each record is one row, counted once.
     """
-    index, count, batch_size = pipeline.process_shard(config, process_index, process_count)
+    index, count, batch_size = pipeline.process_shard(config.train.global_batch_size,
+                                                        process_index, process_count)
     if records is None:
         records = open_prompt_completion(config, hash_split.VALIDATION)
     if not records:

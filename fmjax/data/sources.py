@@ -54,7 +54,7 @@ def registered_source(name: str) -> OpenFn | None:
 
 def open_tfds(config, split: str) -> TextSource:
     """A TFDS dataset by name (named ones per `tfds_text.NAMED`, others via data.text_field)."""
-    name, data_dir = config.data.source, tfds_data_dir(config)
+    name, data_dir = config.data.source, tfds_data_dir(config.data)
     builder = tfds_builders.catalog_builder(name, data_dir)
     if builder is None:
         raise ConfigError(

@@ -220,7 +220,7 @@ def tokenizer_cache_path(config, source_identity: str) -> str:
     key = json.dumps([RECIPE_VERSION, source_identity, pieces, t.model_type,
                       t.train_chars, [t[name] for name in SPECIAL_IDS]])
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    return os.path.join(local_cache_dir(config), "fmjax_tokenizers", f"spm-{t.model_type}-"
+    return os.path.join(local_cache_dir(config.data), "fmjax_tokenizers", f"spm-{t.model_type}-"
                         f"{pieces}-{digest}.model")
 
 

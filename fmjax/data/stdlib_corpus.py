@@ -86,7 +86,7 @@ def stdlib_builder(config) -> FmjaxStdlib:
     """The prepared builder for this interpreter's stdlib (built on first use, then reused)."""
     validation_percent = hash_split.check_validation_percent(config.data.validation_percent)
     builder = FmjaxStdlib(config=stdlib_config(validation_percent),
-                          data_dir=tfds_data_dir(config), file_format="array_record")
+                          data_dir=tfds_data_dir(config.data), file_format="array_record")
     return prepare(builder)
 
 

@@ -183,7 +183,7 @@ def stdlib_functions_builder(config) -> FmjaxStdlibFunctions:
     """The prepared builder for this interpreter (built on first use, ~2 s, then reused)."""
     validation_percent = hash_split.check_validation_percent(config.data.validation_percent)
     builder = FmjaxStdlibFunctions(config=stdlib_functions_config(validation_percent),
-                                   data_dir=tfds_data_dir(config), file_format="array_record")
+                                   data_dir=tfds_data_dir(config.data), file_format="array_record")
     return prepare(builder)
 
 

@@ -60,16 +60,16 @@ def is_remote(path: str) -> bool:
     return "://" in path
 
 
-def tfds_data_dir(config) -> str:
+def tfds_data_dir(data_config) -> str:
     """`config.data.tfds_data_dir` with `~` expanded; a remote URL (gs://...) is kept as is."""
-    path = config.data.tfds_data_dir
+    path = data_config.tfds_data_dir
     return path if is_remote(path) else os.path.expanduser(path)
 
 
-def local_cache_dir(config) -> str:
+def local_cache_dir(data_config) -> str:
     """Where fmjax writes its own cached files (tokenizers): the TFDS data dir when it is
     local, else the default local cache (those files are opened with plain `open`)."""
-    path = tfds_data_dir(config)
+    path = tfds_data_dir(data_config)
     return os.path.expanduser(DEFAULT_LOCAL_CACHE) if is_remote(path) else path
 
 

@@ -40,7 +40,8 @@ class _NoObjective:
 def load_run(workdir: str, step: int | None = None, tokenizer_path: str | None = None):
     """(engine, params, tokenizer, step) of a training run's checkpoint or of an export (params
     only, verified against its checksums; step -1 for an export), on all local devices."""
-    source = workdir if step is None else os.path.join(checkpoint.checkpoint_dir(workdir), str(step))
+    source = (workdir if step is None
+              else os.path.join(checkpoint.checkpoint_dir(workdir), str(step)))
     directory, _ = checkpoint.resolve_params_source(source)
     config_dict, tokenizer_bytes = checkpoint.read_source(directory)
     config = config_lib.from_json_dict(config_dict)

@@ -62,7 +62,8 @@ class Family:
     # fmjax.info reports them apart from `params`
     uncounted_params: tuple[str, ...] = ()
     # (ModelConfig, {model input name: shape}) -> model FLOPs of one row, for families whose
-    # cost is not 6N + 12LdT per token (encoder-decoder); None = that formula (fmjax/models/flops.py)
+    # cost is not 6N + 12LdT per token (encoder-decoder); None = that formula
+    # (fmjax/models/flops.py)
     row_flops: Callable[[ModelConfig, dict], float] | None = None
 
     def __post_init__(self):

@@ -158,7 +158,8 @@ class T5(nn.Module):
 
 
 def row_flops(spec: T5Spec, cfg, input_shapes: dict) -> float:
-    """Model FLOPs of one row (fmjax/models/flops.py convention); a classifier runs the encoder only."""
+    """Model FLOPs of one row (the convention of fmjax/models/flops.py); a classifier runs the
+    encoder only."""
     encoder_shape = input_shapes.get("encoder_tokens_BS", input_shapes.get("tokens_BT"))
     decoder_shape = input_shapes.get("decoder_tokens_BT", (0, 0))
     return flops.encoder_decoder_flops_per_row(

@@ -128,7 +128,8 @@ def test_mixed_documents_follow_the_weights_each_component_in_its_own_order(mock
         assert abs(counts[component.name] / 4000 - component.weight) < 0.005, counts
     for name in TAG:
         alone = pipeline.epochs(sources.get_source(mixture.component_config(config, name),
-                                                   "train"), config, f"documents/{name}")
+                                                   "train"), shuffle=config.data.shuffle,
+                                seed=config.seed, shuffle_purpose=f"documents/{name}")
         mine = [t for t in texts if tag_of(t) == name]
         assert mine == [alone[i]["text"] for i in range(len(mine))]
     pg19_first_epoch = [t for t in texts if tag_of(t) == "pg19"][:NUM_DOCS["train"]]

@@ -118,13 +118,13 @@ def test_validation_split_is_a_config_choice(metadata):
 
 def test_a_gs_data_dir_reaches_tfds_untouched(metadata):
     config = make_config("lm1b", tfds_data_dir="gs://fmjax-bucket/tfds")
-    assert tfds_data_dir(config) == "gs://fmjax-bucket/tfds"
-    assert local_cache_dir(config) == os.path.expanduser("~/.cache/fmjax/tfds")
+    assert tfds_data_dir(config.data) == "gs://fmjax-bucket/tfds"
+    assert local_cache_dir(config.data) == os.path.expanduser("~/.cache/fmjax/tfds")
     with mock_catalog(metadata), mock.patch.object(tfds, "builder", wraps=tfds.builder) as spy:
         sources.get_source(config, "train")
     assert spy.call_args.kwargs["data_dir"] == "gs://fmjax-bucket/tfds"
     path = tokenizer_lib.tokenizer_cache_path(config, "lm1b/1.1.0:train")
-    assert path.startswith(local_cache_dir(config)) and "gs:" not in path
+    assert path.startswith(local_cache_dir(config.data)) and "gs:" not in path
 
 
 def test_a_named_dataset_is_never_downloaded_the_error_says_how_to_build_it(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from fmjax.nn import attention, softmax_attention as attention_core
 from fmjax import mesh as mesh_lib, models, objectives
 from fmjax.kernels.tpu import splash_attention
-from fmjax.config import ConfigError, validate
+from fmjax.config import ConfigError
 from tests.helpers import packed_batch, tiny_config
 
 
