@@ -30,6 +30,7 @@ def fail(message: str) -> NoReturn:
     sys.stderr.flush()
     raise SystemExit(USAGE_EXIT)
 
+
 # joining a multi-process run (fmjax/distributed.py); every CLI that runs steps takes them
 flags.DEFINE_string("coordinator_address", None,
                     "HOST:PORT of process 0 for a multi-process run (env "
