@@ -54,7 +54,8 @@ def _inputs_and_targets(request: Request, row_length: int
 
 def pack(requests: Sequence[Request], row_length: int):
     """(rows, placements, truncated flags): rows is a dict of int32 [R, row_length] arrays
-    `tokens`, `segment_ids`, `positions`, `targets`, `weights` (1 on continuation positions)."""
+    `tokens`, `segment_ids`, `positions`, `targets`, `weights` (1 on the positions predicting
+    the continuation) and `prefix` (1 on the context's tokens)."""
     prepared = [_inputs_and_targets(r, row_length) for r in requests]
     order = sorted(range(len(requests)), key=lambda i: -len(prepared[i][0]))
     free: list[int] = []  # room left per row
@@ -69,7 +70,7 @@ def pack(requests: Sequence[Request], row_length: int):
         free[row] -= n
     shape = (len(free), row_length)
     rows = {k: np.zeros(shape, np.int32) for k in ("tokens", "segment_ids", "positions",
-                                                   "targets", "weights")}
+                                                   "targets", "weights", "prefix")}
     segment = np.zeros(len(free), np.int32)
     for i, p in enumerate(placed):
         inputs, targets, _, _ = prepared[i]
@@ -80,15 +81,17 @@ def pack(requests: Sequence[Request], row_length: int):
         rows["segment_ids"][p.row, span] = segment[p.row]
         rows["positions"][p.row, span] = np.arange(p.length)
         rows["weights"][p.row, p.start + p.length - p.continuation:p.start + p.length] = 1
+        # the context's tokens: a prefix-LM's bidirectional prefix (at least the first token)
+        rows["prefix"][p.row, p.start:p.start + max(p.length - p.continuation + 1, 1)] = 1
     return rows, placed, [t for _, _, _, t in prepared]
 
 
 def make_token_scorer(apply_logits: Callable, vocab_size: int):
     """jitted (params, rows) -> (log p(target) [R, T], target is the argmax [R, T]);
-    apply_logits(params, tokens, segment_ids, positions) -> logits [R, T, V'] (V' >= vocab_size:
-    padded embedding rows are never predicted)."""
+    apply_logits(params, rows) -> logits [R, T, V'] (V' >= vocab_size: padded embedding rows
+    are never predicted)."""
     def score(params, rows):
-        logits = apply_logits(params, rows["tokens"], rows["segment_ids"], rows["positions"])
+        logits = apply_logits(params, rows)
         logits = logits.astype(jnp.float32)
         if logits.shape[-1] > vocab_size:
             logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)

@@ -12,17 +12,20 @@ from fmjax.evals import loglikelihood, multiple_choice
 
 
 def decoder_scorer(engine):
-    """make_token_scorer for the engine's decoder (the other kinds score differently: the
-    evaluation issue's T5 and BERT scorers are not built yet)."""
+    """make_token_scorer for the engine's decoder: causal, or with the context as the
+    bidirectional prefix when the checkpoint was trained with objective=prefix_lm (T5 and BERT
+    score differently; their scorers are not built yet)."""
     kind = models.get_family(engine.model_config.family).kind
     if kind != "decoder":
         raise ConfigError(f"model.family = {engine.model_config.family!r} is an {kind} model; "
                           "fmjax.evaluate scores decoders (gpt2, llama) so far")
-    model = engine.model
-    return loglikelihood.make_token_scorer(
-        lambda params, tokens, segments, positions: model.apply(
-            {"params": params}, tokens, segments, positions),
-        engine.model_config.vocab_size)
+    model, prefix_lm = engine.model, engine.config.objective == "prefix_lm"
+
+    def apply_logits(params, rows):
+        prefix = {"prefix_mask_BT": rows["prefix"]} if prefix_lm else {}
+        return model.apply({"params": params}, rows["tokens"], rows["segment_ids"],
+                           rows["positions"], **prefix)
+    return loglikelihood.make_token_scorer(apply_logits, engine.model_config.vocab_size)
 
 
 def _progress(name: str):

@@ -46,7 +46,8 @@ def test_loglikelihoods_equal_transformers(hf_dirs, tmp_path, case):  # noqa: F8
         loglikelihood.Request(tuple(range(1, 50)), (7, 8, 9)),
         loglikelihood.Request((5,), tuple(range(10, 50)))]  # the continuation alone too
     scorer = loglikelihood.make_token_scorer(
-        lambda p, t, s, pos: model.apply({"params": p}, t, s, pos), cfg.vocab_size)
+        lambda p, rows: model.apply({"params": p}, rows["tokens"], rows["segment_ids"],
+                                    rows["positions"]), cfg.vocab_size)
     packed = loglikelihood.loglikelihoods(scorer, params, requests, row_length=row_length,
                                           batch_rows=2)
     rows, _, _ = loglikelihood.pack(requests, row_length)
@@ -83,3 +84,42 @@ def test_packing_keeps_requests_apart():
                                                  8)
     assert truncated == [True] and placed[0].continuation == 8
     assert list(rows["targets"][0]) == list(range(4, 12)) and rows["weights"].sum() == 8
+
+
+def test_prefix_lm_scores_the_context_as_its_bidirectional_prefix():
+    """For a checkpoint trained with objective=prefix_lm the context is the prefix: packed
+    scores equal one-request-at-a-time scores with prefix_mask on the context (and differ from
+    causal scores, so the mask is used); the first prefix token is the request's first."""
+    import jax
+    import jax.numpy as jnp
+    from fmjax import models
+    from tests.helpers import tiny_config
+    config = tiny_config(init_std=0.5)
+    model, cfg = models.build(config)
+    params = model.init(jax.random.PRNGKey(0), jnp.ones((1, 32), jnp.int32))["params"]
+    requests = random_requests(1, 6, 20)
+    rows, placed, _ = loglikelihood.pack(requests, 32)
+    for request, p in zip(requests, placed):
+        assert rows["prefix"][p.row, p.start:p.start + p.length].sum() == len(request.context_ids)
+
+    def scorer(prefix_lm):
+        def apply(p, r):
+            extra = {"prefix_mask_BT": r["prefix"]} if prefix_lm else {}
+            return model.apply({"params": p}, r["tokens"], r["segment_ids"], r["positions"],
+                               **extra)
+        return loglikelihood.make_token_scorer(apply, cfg.vocab_size)
+
+    packed = loglikelihood.loglikelihoods(scorer(True), params, requests, row_length=32,
+                                          batch_rows=2)
+    causal = loglikelihood.loglikelihoods(scorer(False), params, requests, row_length=32,
+                                          batch_rows=2)
+    for request, got, plain in zip(requests, packed, causal):
+        tokens = list(request.context_ids) + list(request.continuation_ids)
+        c, n = len(request.context_ids), len(request.continuation_ids)
+        prefix = jnp.asarray([[1] * c + [0] * (len(tokens) - 1 - c)], jnp.int32)
+        logits = model.apply({"params": params}, jnp.asarray([tokens[:-1]], jnp.int32),
+                             prefix_mask_BT=prefix)[0].astype(jnp.float32)
+        logp = jax.nn.log_softmax(logits[:, :cfg.vocab_size], axis=-1)
+        want = sum(float(logp[c - 1 + i, tokens[c + i]]) for i in range(n))
+        np.testing.assert_allclose(got.logprob, want, rtol=1e-5, atol=1e-5)
+    assert any(abs(a.logprob - b.logprob) > 1e-3 for a, b in zip(packed, causal))
