@@ -86,6 +86,55 @@ def pack(requests: Sequence[Request], row_length: int):
     return rows, placed, [t for _, _, _, t in prepared]
 
 
+def pack_encoder_decoder(requests: Sequence[Request], encoder_length: int, decoder_length: int,
+                         start_id: int = 0):
+    """`pack` for encoder-decoder models: the context goes to the encoder (its last
+    encoder_length tokens), the continuation is the decoder's targets (its last decoder_length)
+    after the start id, each request in the same row and segment of both. rows: `encoder_tokens`,
+    `encoder_segment_ids`, `encoder_positions` [R, S]; `tokens` (decoder inputs),
+    `segment_ids`, `positions`, `targets`, `weights` [R, T]; placements on the decoder axis."""
+    prepared = []
+    for r in requests:
+        if not r.context_ids or not r.continuation_ids:
+            raise ValueError("an encoder-decoder request needs context and continuation tokens")
+        encoder, targets = list(r.context_ids)[-encoder_length:], list(r.continuation_ids)
+        truncated = len(r.context_ids) > encoder_length or len(targets) > decoder_length
+        prepared.append((encoder, targets[-decoder_length:], truncated))
+    order = sorted(range(len(requests)), key=lambda i: -max(
+        len(prepared[i][0]) / encoder_length, len(prepared[i][1]) / decoder_length))
+    free: list[list[int]] = []  # room left per row: [encoder, decoder]
+    spans = [None] * len(requests)
+    for i in order:
+        s, t = len(prepared[i][0]), len(prepared[i][1])
+        row = next((r for r, (e, d) in enumerate(free) if e >= s and d >= t), None)
+        if row is None:
+            row = len(free)
+            free.append([encoder_length, decoder_length])
+        spans[i] = (row, encoder_length - free[row][0], decoder_length - free[row][1])
+        free[row][0] -= s
+        free[row][1] -= t
+    count = len(free)
+    rows = {k: np.zeros((count, encoder_length), np.int32)
+            for k in ("encoder_tokens", "encoder_segment_ids", "encoder_positions")}
+    rows.update({k: np.zeros((count, decoder_length), np.int32)
+                 for k in ("tokens", "segment_ids", "positions", "targets", "weights")})
+    segment = np.zeros(count, np.int32)
+    placed = []
+    for (encoder, targets, _), (row, e0, d0) in zip(prepared, spans):
+        segment[row] += 1
+        s, t = len(encoder), len(targets)
+        rows["encoder_tokens"][row, e0:e0 + s] = encoder
+        rows["encoder_segment_ids"][row, e0:e0 + s] = segment[row]
+        rows["encoder_positions"][row, e0:e0 + s] = np.arange(s)
+        rows["tokens"][row, d0:d0 + t] = [start_id] + targets[:-1]
+        rows["targets"][row, d0:d0 + t] = targets
+        rows["segment_ids"][row, d0:d0 + t] = segment[row]
+        rows["positions"][row, d0:d0 + t] = np.arange(t)
+        rows["weights"][row, d0:d0 + t] = 1
+        placed.append(_Placed(row, d0, t, t))
+    return rows, placed, [cut for _, _, cut in prepared]
+
+
 def make_token_scorer(apply_logits: Callable, vocab_size: int):
     """jitted (params, rows) -> (log p(target) [R, T], target is the argmax [R, T]);
     apply_logits(params, rows) -> logits [R, T, V'] (V' >= vocab_size: padded embedding rows
@@ -102,14 +151,20 @@ def make_token_scorer(apply_logits: Callable, vocab_size: int):
 
 
 def loglikelihoods(scorer, params, requests: Sequence[Request], *, row_length: int,
-                   batch_rows: int, progress: Callable[[int, int], None] | None = None
-                   ) -> list[Result]:
+                   batch_rows: int, progress: Callable[[int, int], None] | None = None,
+                   encoder_decoder: bool = False) -> list[Result]:
     """Results of `requests` in order; `scorer` from make_token_scorer. Rows run `batch_rows`
-    at a time (the last batch padded with empty rows); progress(rows_done, rows_total)."""
-    rows, placed, truncated = pack(requests, row_length)
+    at a time (the last batch padded with empty rows); progress(rows_done, rows_total).
+    `encoder_decoder`: contexts go to the encoder (pack_encoder_decoder), rows of row_length
+    tokens on both sides."""
+    if encoder_decoder:
+        rows, placed, truncated = pack_encoder_decoder(requests, row_length, row_length)
+    else:
+        rows, placed, truncated = pack(requests, row_length)
     total = len(rows["tokens"])
     pad = -total % batch_rows
-    rows = {k: np.concatenate([v, np.zeros((pad, row_length), np.int32)]) for k, v in rows.items()}
+    rows = {k: np.concatenate([v, np.zeros((pad, v.shape[1]), np.int32)])
+            for k, v in rows.items()}
     logp, greedy = [], []
     for start in range(0, total + pad, batch_rows):
         batch = {k: v[start:start + batch_rows] for k, v in rows.items()}

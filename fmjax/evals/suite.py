@@ -11,20 +11,26 @@ from fmjax.config import ConfigError
 from fmjax.evals import loglikelihood, multiple_choice
 
 
-def decoder_scorer(engine):
-    """make_token_scorer for the engine's decoder: causal, or with the context as the
-    bidirectional prefix when the checkpoint was trained with objective=prefix_lm (T5 and BERT
-    score differently; their scorers are not built yet)."""
+def token_scorer(engine):
+    """make_token_scorer for the engine's model: a decoder, causal or with the context as the
+    bidirectional prefix when the checkpoint was trained with objective=prefix_lm; an
+    encoder-decoder (t5, t5_1_1) with the context in the encoder and the answer as decoder
+    targets. BERT's pseudo-log-likelihood is not built yet."""
     kind = models.get_family(engine.model_config.family).kind
-    if kind != "decoder":
-        raise ConfigError(f"model.family = {engine.model_config.family!r} is an {kind} model; "
-                          "fmjax.evaluate scores decoders (gpt2, llama) so far")
     model, prefix_lm = engine.model, engine.config.objective == "prefix_lm"
-
-    def apply_logits(params, rows):
-        prefix = {"prefix_mask_BT": rows["prefix"]} if prefix_lm else {}
-        return model.apply({"params": params}, rows["tokens"], rows["segment_ids"],
-                           rows["positions"], **prefix)
+    if kind == "encoder_decoder":
+        def apply_logits(params, rows):
+            return model.apply({"params": params}, rows["encoder_tokens"], rows["tokens"],
+                               rows["encoder_segment_ids"], rows["segment_ids"],
+                               rows["encoder_positions"], rows["positions"])
+    elif kind == "decoder":
+        def apply_logits(params, rows):
+            prefix = {"prefix_mask_BT": rows["prefix"]} if prefix_lm else {}
+            return model.apply({"params": params}, rows["tokens"], rows["segment_ids"],
+                               rows["positions"], **prefix)
+    else:
+        raise ConfigError(f"model.family = {engine.model_config.family!r} is an {kind} model; "
+                          "fmjax.evaluate scores decoders and encoder-decoders (t5) so far")
     return loglikelihood.make_token_scorer(apply_logits, engine.model_config.vocab_size)
 
 
@@ -45,7 +51,8 @@ def evaluate(engine, params, tokenizer, task_names: Sequence[str], *, num_fewsho
              limit: int = 0, seed: int = 1234, batch_rows: int = 8, progress: bool = True
              ) -> dict[str, multiple_choice.Scores]:
     """{task name: Scores} of each task's first `limit` examples (0 = all)."""
-    scorer = decoder_scorer(engine)
+    scorer = token_scorer(engine)
+    kind = models.get_family(engine.model_config.family).kind
     prefix = (tokenizer.bos_id,) if tokenizer.bos_id >= 0 else ()
     out = {}
     for name in task_names:
@@ -54,9 +61,13 @@ def evaluate(engine, params, tokenizer, task_names: Sequence[str], *, num_fewsho
         examples = examples[:limit] if limit else examples
         contexts = multiple_choice.fewshot_contexts(task, examples, num_fewshot, seed)
         requests = multiple_choice.requests(task, contexts, examples, tokenizer.encode, prefix)
+        if kind == "encoder_decoder":  # the encoder reads context + eos, as in generation
+            requests = [loglikelihood.Request(r.context_ids + (tokenizer.eos_id,),
+                                              r.continuation_ids) for r in requests]
         results = loglikelihood.loglikelihoods(
             scorer, params, requests, row_length=engine.model_config.seq_len,
-            batch_rows=batch_rows, progress=_progress(name) if progress else None)
+            batch_rows=batch_rows, progress=_progress(name) if progress else None,
+            encoder_decoder=kind == "encoder_decoder")
         out[name] = multiple_choice.score(examples, results)
     return out
 
