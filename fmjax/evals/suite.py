@@ -7,15 +7,14 @@ import time
 from typing import Sequence
 
 from fmjax import evals, models
-from fmjax.config import ConfigError
-from fmjax.evals import loglikelihood, multiple_choice
+from fmjax.evals import loglikelihood, masked_lm, multiple_choice
 
 
 def token_scorer(engine):
     """make_token_scorer for the engine's model: a decoder, causal or with the context as the
     bidirectional prefix when the checkpoint was trained with objective=prefix_lm; an
     encoder-decoder (t5, t5_1_1) with the context in the encoder and the answer as decoder
-    targets. BERT's pseudo-log-likelihood is not built yet."""
+    targets; an encoder (bert) giving masked-LM logits for masked_lm's pseudo-log-likelihood."""
     kind = models.get_family(engine.model_config.family).kind
     model, prefix_lm = engine.model, engine.config.objective == "prefix_lm"
     if kind == "encoder_decoder":
@@ -28,9 +27,10 @@ def token_scorer(engine):
             prefix = {"prefix_mask_BT": rows["prefix"]} if prefix_lm else {}
             return model.apply({"params": params}, rows["tokens"], rows["segment_ids"],
                                rows["positions"], **prefix)
-    else:
-        raise ConfigError(f"model.family = {engine.model_config.family!r} is an {kind} model; "
-                          "fmjax.evaluate scores decoders and encoder-decoders (t5) so far")
+    else:  # an encoder (bert): masked-LM logits, scored by masked_lm's copies
+        def apply_logits(params, rows):
+            return model.apply({"params": params}, rows["tokens"], rows["segment_ids"],
+                               rows["positions"])
     return loglikelihood.make_token_scorer(apply_logits, engine.model_config.vocab_size)
 
 
@@ -64,10 +64,16 @@ def evaluate(engine, params, tokenizer, task_names: Sequence[str], *, num_fewsho
         if kind == "encoder_decoder":  # the encoder reads context + eos, as in generation
             requests = [loglikelihood.Request(r.context_ids + (tokenizer.eos_id,),
                                               r.continuation_ids) for r in requests]
-        results = loglikelihood.loglikelihoods(
-            scorer, params, requests, row_length=engine.model_config.seq_len,
-            batch_rows=batch_rows, progress=_progress(name) if progress else None,
-            encoder_decoder=kind == "encoder_decoder")
+        show = _progress(name) if progress else None
+        if kind == "encoder":  # [MASK] is the last id, as fmjax's mlm objective trains it
+            results = masked_lm.pseudo_loglikelihoods(
+                scorer, params, requests, row_length=engine.model_config.seq_len,
+                batch_rows=batch_rows, mask_id=engine.model_config.vocab_size - 1,
+                progress=show)
+        else:
+            results = loglikelihood.loglikelihoods(
+                scorer, params, requests, row_length=engine.model_config.seq_len,
+                batch_rows=batch_rows, progress=show, encoder_decoder=kind == "encoder_decoder")
         out[name] = multiple_choice.score(examples, results)
     return out
 
