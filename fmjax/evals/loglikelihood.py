@@ -52,26 +52,37 @@ def _inputs_and_targets(request: Request, row_length: int
     return whole[:-1], whole[1:], min(len(request.continuation_ids), len(whole) - 1), truncated
 
 
+def first_fit(sizes: Sequence[tuple[int, ...]], capacity: tuple[int, ...]
+              ) -> tuple[list[tuple[int, tuple[int, ...]]], int]:
+    """Places items of `sizes` (tokens along each axis of a row: one axis, or encoder and
+    decoder) into rows of `capacity`, largest first into the first row with room on every axis:
+    ([(row, start per axis)] in the items' order, number of rows)."""
+    order = sorted(range(len(sizes)), key=lambda i: -max(n / c for n, c in zip(sizes[i],
+                                                                                capacity)))
+    free: list[list[int]] = []  # room left per row and axis
+    placed: list = [None] * len(sizes)
+    for i in order:
+        row = next((r for r, room in enumerate(free)
+                    if all(f >= n for f, n in zip(room, sizes[i]))), None)
+        if row is None:
+            row = len(free)
+            free.append(list(capacity))
+        placed[i] = (row, tuple(c - f for c, f in zip(capacity, free[row])))
+        free[row] = [f - n for f, n in zip(free[row], sizes[i])]
+    return placed, len(free)
+
+
 def pack(requests: Sequence[Request], row_length: int):
     """(rows, placements, truncated flags): rows is a dict of int32 [R, row_length] arrays
     `tokens`, `segment_ids`, `positions`, `targets`, `weights` (1 on the positions predicting
     the continuation) and `prefix` (1 on the context's tokens)."""
     prepared = [_inputs_and_targets(r, row_length) for r in requests]
-    order = sorted(range(len(requests)), key=lambda i: -len(prepared[i][0]))
-    free: list[int] = []  # room left per row
-    placed: list[_Placed | None] = [None] * len(requests)
-    for i in order:
-        n = len(prepared[i][0])
-        row = next((r for r, room in enumerate(free) if room >= n), None)
-        if row is None:
-            row = len(free)
-            free.append(row_length)
-        placed[i] = _Placed(row, row_length - free[row], n, prepared[i][2])
-        free[row] -= n
-    shape = (len(free), row_length)
-    rows = {k: np.zeros(shape, np.int32) for k in ("tokens", "segment_ids", "positions",
-                                                   "targets", "weights", "prefix")}
-    segment = np.zeros(len(free), np.int32)
+    spans, count = first_fit([(len(inputs),) for inputs, _, _, _ in prepared], (row_length,))
+    placed = [_Placed(row, start, len(inputs), scored)
+              for (row, (start,)), (inputs, _, scored, _) in zip(spans, prepared)]
+    rows = {k: np.zeros((count, row_length), np.int32)
+            for k in ("tokens", "segment_ids", "positions", "targets", "weights", "prefix")}
+    segment = np.zeros(count, np.int32)
     for i, p in enumerate(placed):
         inputs, targets, _, _ = prepared[i]
         segment[p.row] += 1
@@ -100,27 +111,15 @@ def pack_encoder_decoder(requests: Sequence[Request], encoder_length: int, decod
         encoder, targets = list(r.context_ids)[-encoder_length:], list(r.continuation_ids)
         truncated = len(r.context_ids) > encoder_length or len(targets) > decoder_length
         prepared.append((encoder, targets[-decoder_length:], truncated))
-    order = sorted(range(len(requests)), key=lambda i: -max(
-        len(prepared[i][0]) / encoder_length, len(prepared[i][1]) / decoder_length))
-    free: list[list[int]] = []  # room left per row: [encoder, decoder]
-    spans = [None] * len(requests)
-    for i in order:
-        s, t = len(prepared[i][0]), len(prepared[i][1])
-        row = next((r for r, (e, d) in enumerate(free) if e >= s and d >= t), None)
-        if row is None:
-            row = len(free)
-            free.append([encoder_length, decoder_length])
-        spans[i] = (row, encoder_length - free[row][0], decoder_length - free[row][1])
-        free[row][0] -= s
-        free[row][1] -= t
-    count = len(free)
+    spans, count = first_fit([(len(e), len(t)) for e, t, _ in prepared],
+                             (encoder_length, decoder_length))
     rows = {k: np.zeros((count, encoder_length), np.int32)
             for k in ("encoder_tokens", "encoder_segment_ids", "encoder_positions")}
     rows.update({k: np.zeros((count, decoder_length), np.int32)
                  for k in ("tokens", "segment_ids", "positions", "targets", "weights")})
     segment = np.zeros(count, np.int32)
     placed = []
-    for (encoder, targets, _), (row, e0, d0) in zip(prepared, spans):
+    for (encoder, targets, _), (row, (e0, d0)) in zip(prepared, spans):
         segment[row] += 1
         s, t = len(encoder), len(targets)
         rows["encoder_tokens"][row, e0:e0 + s] = encoder
@@ -150,6 +149,24 @@ def make_token_scorer(apply_logits: Callable, vocab_size: int):
     return jax.jit(score)
 
 
+def score_rows(scorer, params, rows: dict, batch_rows: int,
+               progress: Callable[[int, int], None] | None = None):
+    """(log p(target), target is the argmax) over all `rows`, run `batch_rows` at a time (the
+    last batch padded with empty rows, so one shape compiles); progress(rows_done, total)."""
+    total = len(rows["tokens"])
+    pad = -total % batch_rows
+    rows = {k: np.concatenate([v, np.zeros((pad, v.shape[1]), np.int32)])
+            for k, v in rows.items()}
+    logp, greedy = [], []
+    for start in range(0, total + pad, batch_rows):
+        lp, gr = scorer(params, {k: v[start:start + batch_rows] for k, v in rows.items()})
+        logp.append(np.asarray(lp, np.float64))
+        greedy.append(np.asarray(gr))
+        if progress is not None:
+            progress(min(start + batch_rows, total), total)
+    return np.concatenate(logp), np.concatenate(greedy)
+
+
 def loglikelihoods(scorer, params, requests: Sequence[Request], *, row_length: int,
                    batch_rows: int, progress: Callable[[int, int], None] | None = None,
                    encoder_decoder: bool = False) -> list[Result]:
@@ -161,19 +178,7 @@ def loglikelihoods(scorer, params, requests: Sequence[Request], *, row_length: i
         rows, placed, truncated = pack_encoder_decoder(requests, row_length, row_length)
     else:
         rows, placed, truncated = pack(requests, row_length)
-    total = len(rows["tokens"])
-    pad = -total % batch_rows
-    rows = {k: np.concatenate([v, np.zeros((pad, v.shape[1]), np.int32)])
-            for k, v in rows.items()}
-    logp, greedy = [], []
-    for start in range(0, total + pad, batch_rows):
-        batch = {k: v[start:start + batch_rows] for k, v in rows.items()}
-        lp, gr = scorer(params, batch)
-        logp.append(np.asarray(lp, np.float64))
-        greedy.append(np.asarray(gr))
-        if progress is not None:
-            progress(min(start + batch_rows, total), total)
-    logp, greedy = np.concatenate(logp), np.concatenate(greedy)
+    logp, greedy = score_rows(scorer, params, rows, batch_rows, progress)
     out = []
     for p, cut in zip(placed, truncated):
         span = slice(p.start + p.length - p.continuation, p.start + p.length)

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fmjax.evals.loglikelihood import Request, Result
+from fmjax.evals.loglikelihood import Request, Result, first_fit, score_rows
 
 
 def pack(requests: Sequence[Request], row_length: int, mask_id: int):
@@ -31,22 +31,12 @@ def pack(requests: Sequence[Request], row_length: int, mask_id: int):
         for k in range(len(whole) - n, len(whole)):
             copies.append((whole, k))
             owners.append(i)
-    order = sorted(range(len(copies)), key=lambda c: -len(copies[c][0]))
-    free: list[int] = []
-    where = [None] * len(copies)
-    for c in order:
-        length = len(copies[c][0])
-        row = next((r for r, room in enumerate(free) if room >= length), None)
-        if row is None:
-            row = len(free)
-            free.append(row_length)
-        where[c] = (row, row_length - free[row])
-        free[row] -= length
-    rows = {k: np.zeros((len(free), row_length), np.int32)
+    where, count = first_fit([(len(whole),) for whole, _ in copies], (row_length,))
+    rows = {k: np.zeros((count, row_length), np.int32)
             for k in ("tokens", "segment_ids", "positions", "targets", "weights")}
-    segment = np.zeros(len(free), np.int32)
+    segment = np.zeros(count, np.int32)
     placed: list[list[tuple[int, int]]] = [[] for _ in requests]
-    for c, ((whole, k), (row, start)) in enumerate(zip(copies, where)):
+    for c, ((whole, k), (row, (start,))) in enumerate(zip(copies, where)):
         segment[row] += 1
         span = slice(start, start + len(whole))
         rows["tokens"][row, span] = whole
@@ -63,18 +53,7 @@ def pseudo_loglikelihoods(scorer, params, requests: Sequence[Request], *, row_le
                           batch_rows: int, mask_id: int, progress=None) -> list[Result]:
     """Results of `requests` in order (`is_greedy`: every masked token is the argmax)."""
     rows, placed, truncated = pack(requests, row_length, mask_id)
-    total = len(rows["tokens"])
-    pad = -total % batch_rows
-    rows = {k: np.concatenate([v, np.zeros((pad, row_length), np.int32)])
-            for k, v in rows.items()}
-    logp, greedy = [], []
-    for start in range(0, total + pad, batch_rows):
-        lp, gr = scorer(params, {k: v[start:start + batch_rows] for k, v in rows.items()})
-        logp.append(np.asarray(lp, np.float64))
-        greedy.append(np.asarray(gr))
-        if progress is not None:
-            progress(min(start + batch_rows, total), total)
-    logp, greedy = np.concatenate(logp), np.concatenate(greedy)
+    logp, greedy = score_rows(scorer, params, rows, batch_rows, progress)
     return [Result(float(sum(logp[r, p] for r, p in spots)),
                    bool(all(greedy[r, p] for r, p in spots)), cut)
             for spots, cut in zip(placed, truncated)]
