@@ -10,28 +10,42 @@ from fmjax import evals, models
 from fmjax.evals import loglikelihood, masked_lm, multiple_choice
 
 
-def token_scorer(engine):
-    """make_token_scorer for the engine's model: a decoder, causal or with the context as the
-    bidirectional prefix when the checkpoint was trained with objective=prefix_lm; an
-    encoder-decoder (t5, t5_1_1) with the context in the encoder and the answer as decoder
-    targets; an encoder (bert) giving masked-LM logits for masked_lm's pseudo-log-likelihood."""
+def request_scorer(engine, tokenizer, batch_rows: int = 8):
+    """score(params, requests, progress) -> [loglikelihood.Result] for the engine's model, with
+    its program compiled once for every call:
+      * a decoder: causal, or with the context as the bidirectional prefix when the checkpoint
+        was trained with objective=prefix_lm;
+      * an encoder-decoder (t5, t5_1_1): the context + eos in the encoder (as in generation),
+        the answer as decoder targets;
+      * an encoder (bert): masked-LM pseudo-log-likelihood, [MASK] = the last id as fmjax's
+        mlm objective trains it."""
     kind = models.get_family(engine.model_config.family).kind
-    model, prefix_lm = engine.model, engine.config.objective == "prefix_lm"
+    model, row_length = engine.model, engine.model_config.seq_len
+    prefix_lm = engine.config.objective == "prefix_lm"
     if kind == "encoder_decoder":
         def apply_logits(params, rows):
             return model.apply({"params": params}, rows["encoder_tokens"], rows["tokens"],
                                rows["encoder_segment_ids"], rows["segment_ids"],
                                rows["encoder_positions"], rows["positions"])
-    elif kind == "decoder":
+    else:
         def apply_logits(params, rows):
             prefix = {"prefix_mask_BT": rows["prefix"]} if prefix_lm else {}
             return model.apply({"params": params}, rows["tokens"], rows["segment_ids"],
                                rows["positions"], **prefix)
-    else:  # an encoder (bert): masked-LM logits, scored by masked_lm's copies
-        def apply_logits(params, rows):
-            return model.apply({"params": params}, rows["tokens"], rows["segment_ids"],
-                               rows["positions"])
-    return loglikelihood.make_token_scorer(apply_logits, engine.model_config.vocab_size)
+    scorer = loglikelihood.make_token_scorer(apply_logits, engine.model_config.vocab_size)
+
+    def score(params, requests, progress=None):
+        if kind == "encoder":
+            return masked_lm.pseudo_loglikelihoods(
+                scorer, params, requests, row_length=row_length, batch_rows=batch_rows,
+                mask_id=engine.model_config.vocab_size - 1, progress=progress)
+        if kind == "encoder_decoder":
+            requests = [loglikelihood.Request(r.context_ids + (tokenizer.eos_id,),
+                                              r.continuation_ids) for r in requests]
+        return loglikelihood.loglikelihoods(scorer, params, requests, row_length=row_length,
+                                            batch_rows=batch_rows, progress=progress,
+                                            encoder_decoder=kind == "encoder_decoder")
+    return score
 
 
 def _progress(name: str):
@@ -48,11 +62,11 @@ def _progress(name: str):
 
 
 def evaluate(engine, params, tokenizer, task_names: Sequence[str], *, num_fewshot: int = 0,
-             limit: int = 0, seed: int = 1234, batch_rows: int = 8, progress: bool = True
-             ) -> dict[str, multiple_choice.Scores]:
-    """{task name: Scores} of each task's first `limit` examples (0 = all)."""
-    scorer = token_scorer(engine)
-    kind = models.get_family(engine.model_config.family).kind
+             limit: int = 0, seed: int = 1234, batch_rows: int = 8, progress: bool = True,
+             score=None) -> dict[str, multiple_choice.Scores]:
+    """{task name: Scores} of each task's first `limit` examples (0 = all); `score` from
+    request_scorer (built here when not given)."""
+    score = score or request_scorer(engine, tokenizer, batch_rows)
     prefix = (tokenizer.bos_id,) if tokenizer.bos_id >= 0 else ()
     out = {}
     for name in task_names:
@@ -61,19 +75,7 @@ def evaluate(engine, params, tokenizer, task_names: Sequence[str], *, num_fewsho
         examples = examples[:limit] if limit else examples
         contexts = multiple_choice.fewshot_contexts(task, examples, num_fewshot, seed)
         requests = multiple_choice.requests(task, contexts, examples, tokenizer.encode, prefix)
-        if kind == "encoder_decoder":  # the encoder reads context + eos, as in generation
-            requests = [loglikelihood.Request(r.context_ids + (tokenizer.eos_id,),
-                                              r.continuation_ids) for r in requests]
-        show = _progress(name) if progress else None
-        if kind == "encoder":  # [MASK] is the last id, as fmjax's mlm objective trains it
-            results = masked_lm.pseudo_loglikelihoods(
-                scorer, params, requests, row_length=engine.model_config.seq_len,
-                batch_rows=batch_rows, mask_id=engine.model_config.vocab_size - 1,
-                progress=show)
-        else:
-            results = loglikelihood.loglikelihoods(
-                scorer, params, requests, row_length=engine.model_config.seq_len,
-                batch_rows=batch_rows, progress=show, encoder_decoder=kind == "encoder_decoder")
+        results = score(params, requests, _progress(name) if progress else None)
         out[name] = multiple_choice.score(examples, results)
     return out
 
@@ -84,11 +86,12 @@ def loop_hook(engine, tokenizer, eval_config):
     names = [n.strip() for n in eval_config.tasks.split(",") if n.strip()]
     for name in names:
         evals.get(name)  # an unknown name fails before training starts
+    score = request_scorer(engine, tokenizer)  # compiled once, for every evaluation
 
     def hook(step, state, ctx):
         scores = evaluate(engine, state.params, tokenizer, names,
                           num_fewshot=eval_config.num_fewshot, limit=eval_config.limit,
-                          progress=False)
+                          progress=False, score=score)
         return {f"{name}/{metric}": getattr(s, metric) for name, s in scores.items()
                 for metric in ("acc", "acc_norm")}
     return hook
