@@ -9,7 +9,7 @@ needs no code: `jsonl:PATH` names a JSONL file of {"context", "choices", "gold"}
 from __future__ import annotations
 
 from fmjax.config import ConfigError
-from fmjax.evals.task import Example, Task
+from fmjax.evals.task_spec import Example, Task
 from fmjax.registry import Registry
 
 __all__ = ["Example", "Task", "TASKS", "register", "get"]

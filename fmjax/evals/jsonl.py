@@ -8,7 +8,7 @@ import json
 import os
 
 from fmjax.config import ConfigError
-from fmjax.evals.task import Example, Task
+from fmjax.evals.task_spec import Example, Task
 
 
 def read_examples(path: str) -> list[Example]:

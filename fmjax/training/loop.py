@@ -272,8 +272,9 @@ def run(config, workdir: str, plan: Plan, log=log_main) -> Result:
                 "--config.train.on_nonfinite=skip to drop such updates.")
 
         eval_metrics, early_stop = {}, []
-        if step0 == 0 and due_hooks(0) and not stop.should_stop():
-            eval_metrics = run_hooks(0, state, due_hooks(0)) or {}  # the start of the curve
+        at_start = due_hooks(0) if step0 == 0 else []
+        if at_start and not stop.should_stop():
+            eval_metrics = run_hooks(0, state, at_start) or {}  # the start of the curve
         step = step0
         while step < tr.steps and not early_stop and not stop.should_stop():
             local = next(plan.train_iter)
