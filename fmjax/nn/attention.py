@@ -139,7 +139,7 @@ def describe_implementation(impl: str, platform: str) -> str:
 @jax.custom_vjp
 def unstack_qkv(qkv_BTH3K):
     """(q, k, v) = qkv[:, :, :, i]. Custom backward: one stack of the three gradients, where
-    autodiff of the slices pads each to the full shape and adds them (a pass ~8x slower)."""
+    autodiff of the slices pads each to the full shape and adds them (extra full-size passes)."""
     return tuple(qkv_BTH3K[:, :, :, i] for i in range(3))
 
 

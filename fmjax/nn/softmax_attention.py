@@ -20,7 +20,7 @@ _MASKED = -1e30  # finite, so fully masked rows give a uniform (never NaN) softm
 def _transposed(x_BHTS):
     """x with its last two axes swapped in memory: the barrier keeps XLA from folding the
     transpose back into the consuming dot as a column-major operand, which XLA:CPU runs on
-    a 2-3x slower path than its row-major GEMM kernels."""
+    a slower path than its row-major GEMM kernels."""
     return jax.lax.optimization_barrier(jnp.swapaxes(x_BHTS, -1, -2))
 
 
@@ -31,7 +31,7 @@ def attention_core(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, bias_BHTS=None, scale=None
     scale None = 1/sqrt(K); T5 passes 1.0 (its init absorbs the scaling). bias: an optional
     additive float [B or 1, H or 1, T, S] (T5's relative positions), differentiated too. Same
     math as the XLA path of `jax.nn.dot_product_attention`. Why custom: autodiff of the
-    softmax gives XLA:CPU a large fused reduction over [B, H, T, S] that runs ~10x slower than
+    softmax gives XLA:CPU a large fused reduction over [B, H, T, S] that runs far slower than
     a plain pass; the FlashAttention identity rowsum(dP * P) = rowsum(dO * O) replaces it
     with a reduction over the head dim K, and the probabilities saved from the forward pass
     are reused instead of recomputing exp."""
