@@ -54,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.vocab_multiple = 1  # pad embedding rows to a multiple (speed); 1 keeps published counts
 
     c.tokenizer = t = ml_collections.ConfigDict()
-    t.path = ""  # SentencePiece .model file; "" = train one on the corpus and cache it
+    t.path = ""  # SentencePiece .model or Hugging Face tokenizer.json; "" = train a SentencePiece model on the corpus and cache it
     t.model_type = "bpe"  # SentencePiece algorithm when training: bpe | unigram
     t.train_chars = 8_000_000  # characters of corpus text used to train the tokenizer
     t.pad_id = 0  # padding id (never a target)
@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.eos_id = 2  # end-of-document id
     t.unk_id = 3  # unknown id (unused with byte fallback, but reserved)
     t.extra_ids = 0  # ids after the pieces: vocab_size = pieces + extra_ids; [MASK] = vocab_size - 1; sentinels: span_corruption.num_sentinels
+    t.mask_id = -1  # [MASK] id of the mlm objective and masked-LM scoring; -1 = vocab_size - 1 (an extra id); an imported BERT sets its tokenizer's
 
     c.data = d = ml_collections.ConfigDict()
     d.source = "stdlib"  # stdlib | local_text | c4/en | lm1b | wiki40b/en | pg19 | tiny_shakespeare (fmjax/data/tfds_text.py) | any TFDS name
@@ -149,6 +150,7 @@ def base_config() -> ml_collections.ConfigDict:
     ev.num_fewshot = 0  # solved examples before each question
     ev.every = 0  # steps between evaluations of the tasks (0 = only at the end)
     ev.limit = 0  # score only each task's first N examples (0 = all)
+    ev.final_num_fewshot = 0  # after the last step, also score the tasks with this many shots ({task}/{K}shot/acc; the pretraining report prints both); 0 = off
 
     c.bench = b = ml_collections.ConfigDict()
     b.warmup_steps = 3  # untimed steps after compile

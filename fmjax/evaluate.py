@@ -17,7 +17,8 @@ flags.DEFINE_integer("limit", 0, "Score only each task's first N examples (0 = a
 flags.DEFINE_integer("seed", 1234, "Seed of the few-shot draws.")
 flags.DEFINE_integer("batch_rows", 8, "Packed rows per forward pass.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-flags.DEFINE_string("tokenizer", None, "SentencePiece .model to use instead of the checkpoint's.")
+flags.DEFINE_string("tokenizer", None, "Tokenizer file (SentencePiece .model or HF tokenizer.json) "
+                    "to use instead of the checkpoint's.")
 flags.DEFINE_string("output", None,
                     "Write the results here as JSON (lm-evaluation-harness layout).")
 flags.mark_flags_as_required(["workdir", "tasks"])

@@ -18,8 +18,8 @@ flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
 flags.DEFINE_integer("num_samples", 1, "Independent samples of the prompt.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
-flags.DEFINE_string("tokenizer", None, "SentencePiece .model to use instead of the checkpoint's "
-                    "(needed when it stores none, e.g. a GPT-2 converted from Hugging Face).")
+flags.DEFINE_string("tokenizer", None, "Tokenizer file (SentencePiece .model or HF tokenizer.json) "
+                    "to use instead of the checkpoint's (needed when it stores none).")
 flags.mark_flag_as_required("workdir")
 
 

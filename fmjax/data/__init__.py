@@ -3,7 +3,8 @@
   sources.get_source(config, split)            -> TextSource of {'text': str}
   tfds_text.NAMED                              -> how each named TFDS text dataset is read
   mixture.parse(config.data.mixture)           -> weighted components of a mixture
-  tokenizer.ensure_tokenizer(config)           -> Tokenizer (loaded, or trained once and cached)
+  tokenizer_files.ensure_tokenizer(config)     -> tokenizer (SentencePiece or tokenizer.json;
+                                                  with no path, trained once and cached)
   pipeline.make_train_iterator(config, tok)    -> checkpointable grain iterator of batches
   pipeline.make_eval_batches(config, tok)      -> the same validation batches on every call
   pipeline.global_batch(local_batch, sharding) -> dict of global jax.Arrays

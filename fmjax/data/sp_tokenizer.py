@@ -138,6 +138,11 @@ class Tokenizer:
     def unk_id(self) -> int:
         return self._sp.unk_id()
 
+    @property
+    def prefix_ids(self) -> tuple[int, ...]:
+        """Ids that start every document fmjax trains on: bos, if the model has one."""
+        return (self.bos_id,) if self.bos_id >= 0 else ()
+
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without bos/eos; `decode(encode(text)) == text` exactly."""
         if SPACE_MARK not in text:
@@ -224,19 +229,10 @@ def tokenizer_cache_path(config, source_identity: str) -> str:
                         f"{pieces}-{digest}.model")
 
 
-def ensure_tokenizer(config) -> Tokenizer:
-    """`config.tokenizer.path` if set; else one with model.vocab_size - tokenizer.extra_ids
-    pieces trained on the source's train split (a mixture: each component's, in proportion to
-    its weight), cached."""
+def trained_tokenizer(config) -> Tokenizer:
+    """A tokenizer with model.vocab_size - tokenizer.extra_ids pieces trained on the source's
+    train split (a mixture: each component's, in proportion to its weight), cached."""
     t = config.tokenizer
-    if t.path:
-        path = os.path.expanduser(t.path)
-        if not os.path.isfile(path):
-            raise ConfigError(
-                f"config.tokenizer.path = {t.path!r}: no such file; point it at a SentencePiece "
-                ".model file (python -m fmjax.tokenizer train makes one), or set "
-                "--config.tokenizer.path='' to train one on the corpus")
-        return Tokenizer(path)
     parts = training_sources(config)
     if config.data.mixture:
         identity = " + ".join(f"{share:.6f} {source.identity}" for share, source in parts)

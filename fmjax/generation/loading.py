@@ -7,7 +7,7 @@ import os
 import tempfile
 
 from fmjax import config as config_lib, mesh as mesh_lib
-from fmjax.data import sp_tokenizer as tokenizer_lib
+from fmjax.data import tokenizer_files
 from fmjax.training import checkpoint, engine as engine_lib
 
 
@@ -21,10 +21,10 @@ def _tokenizer_file(workdir: str, tokenizer_bytes: bytes) -> str:
     if os.path.isfile(checkpoint.tokenizer_path(workdir)):
         return checkpoint.tokenizer_path(workdir)
     if not tokenizer_bytes:
-        raise NoTokenizer(f"{workdir} stores no tokenizer (a checkpoint converted from a "
-                          "Hugging Face model whose tokenizer is not SentencePiece); pass "
-                          "--tokenizer=PATH.model")
-    with tempfile.NamedTemporaryFile(suffix=".model", delete=False) as f:
+        raise NoTokenizer(f"{workdir} stores no tokenizer (converted from a Hugging Face "
+                          "directory without tokenizer files); pass --tokenizer=PATH (the "
+                          "model's tokenizer.json or SentencePiece .model)")
+    with tempfile.NamedTemporaryFile(suffix=".tokenizer", delete=False) as f:
         f.write(tokenizer_bytes)
     atexit.register(os.remove, f.name)
     return f.name
@@ -47,7 +47,7 @@ def load_run(workdir: str, step: int | None = None, tokenizer_path: str | None =
     config = config_lib.from_json_dict(config_dict)
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
     config.tokenizer.path = tokenizer_path or _tokenizer_file(workdir, tokenizer_bytes)
-    tokenizer = tokenizer_lib.ensure_tokenizer(config)
+    tokenizer = tokenizer_files.ensure_tokenizer(config)
     engine = engine_lib.build(config, mesh_lib.make_mesh(config), objective=_NoObjective())
     params, _, _ = checkpoint.load_params(directory, engine.abstract_state.params,
                                           engine.shardings.params)

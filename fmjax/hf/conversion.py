@@ -5,16 +5,17 @@ import: config.json -> fmjax config (the family converter refuses what it cannot
 reading its HF tensor (slice) when orbax writes it -> an export that `fmjax.finetune
 --config.init_from=` and `fmjax.generate --workdir=` read. A SentencePiece model in the
 directory (`Converter.tokenizer_files`: Llama's tokenizer.model, T5's spiece.model) becomes the
-checkpoint's tokenizer; other tokenizers (GPT-2's BPE, BERT's WordPiece) have no fmjax
-counterpart: the checkpoint then stores none (b"") and the readers need
---config.tokenizer.path (fmjax.finetune) / --tokenizer (fmjax.generate). Embedding rows past
+checkpoint's tokenizer, else its tokenizer.json (GPT-2's BPE, BERT's WordPiece, Llama 3), with
+the special ids its tokenizer_config.json names (fmjax/data/hf_tokenizer.py); a directory with
+neither gives a checkpoint without one (b""), whose readers need --config.tokenizer.path
+(fmjax.finetune) / --tokenizer (fmjax.generate, fmjax.evaluate). Embedding rows past
 the SentencePiece pieces (T5: 32,128 rows, 32,000 pieces) become config.tokenizer.extra_ids.
 Tied copies the checkpoint stores (T5's encoder/decoder.embed_tokens) are checked equal to
 the tensor they copy; heads it lacks (BertForMaskedLM's pooler) are initialised and named.
 
 export: the reverse, into config.json + model.safetensors (sharded past `max_shard_bytes`)
-that transformers' from_pretrained loads, plus the SentencePiece model when the checkpoint has
-one.
+that transformers' from_pretrained loads, plus the checkpoint's tokenizer (a SentencePiece
+model, or tokenizer.json + tokenizer_config.json).
 """
 from __future__ import annotations
 
@@ -29,11 +30,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from fmjax import config as config_lib, models
+from fmjax.data import hf_tokenizer
 from fmjax.training import state as state_lib
 from fmjax.hf import mapping, params_io
 from fmjax.hf.safetensors_io import HFDir, TensorSpec, write_model
 
 PARAM_DTYPES = ("float32", "bfloat16", "float16")
+HF_TOKENIZER_FILE = "tokenizer.json"  # the `tokenizers` file, kept when no SentencePiece model is
+HF_TOKENIZER_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json")  # name the specials
 
 
 @dataclasses.dataclass
@@ -78,30 +82,18 @@ def _first_id(value) -> int:
 
 
 def _tokenizer_config(hf: HFDir) -> dict:
-    path = os.path.join(hf.path, "tokenizer_config.json")
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+    return hf_tokenizer.read_json(os.path.join(hf.path, "tokenizer_config.json"))
 
 
 def _tokenizer(converter: mapping.Converter, hf: HFDir, config, log) -> bytes:
-    """The SentencePiece model's bytes with config.tokenizer's ids taken from it, or b""
-    (none) with the ids of config.json."""
+    """The checkpoint's tokenizer file with config.tokenizer's ids taken from it: the
+    directory's SentencePiece model, else its tokenizer.json (ids from tokenizer_config.json /
+    special_tokens_map.json, else config.json), else none (b"", ids from config.json)."""
     found = [os.path.join(hf.path, name) for name in converter.tokenizer_files
              if os.path.isfile(os.path.join(hf.path, name))]
     t = config.tokenizer
     if not found:
-        t.pad_id, t.bos_id = _first_id(hf.config.get("pad_token_id")), _first_id(
-            hf.config.get("bos_token_id"))
-        t.eos_id, t.unk_id = _first_id(hf.config.get("eos_token_id")), -1
-        log(f"NOTE: {hf.path} has no SentencePiece {' or '.join(converter.tokenizer_files)} "
-            "(its tokenizer is not one "
-            "fmjax reads), so the checkpoint stores no tokenizer. Pass a SentencePiece model "
-            f"with {config.model.vocab_size} pieces whose ids match the model's: "
-            "--config.tokenizer.path=... (with the matching --config.tokenizer.*_id) to "
-            "fmjax.finetune, --tokenizer=... to fmjax.generate.")
-        return b""
+        return _tokenizer_json(hf, config, log)
     import sentencepiece as spm
     with open(found[0], "rb") as f:
         data = f.read()
@@ -120,6 +112,27 @@ def _tokenizer(converter: mapping.Converter, hf: HFDir, config, log) -> bytes:
         log(f"WARNING: {found[0]} has {pieces} pieces but the model only {rows} embedding "
             "rows; fmjax.finetune refuses the pair (model.vocab_size - tokenizer.extra_ids "
             "must equal the pieces)")
+    return data
+
+
+def _tokenizer_json(hf: HFDir, config, log) -> bytes:
+    t = config.tokenizer
+    path = os.path.join(hf.path, HF_TOKENIZER_FILE)
+    if not os.path.isfile(path):
+        t.pad_id, t.bos_id = _first_id(hf.config.get("pad_token_id")), _first_id(
+            hf.config.get("bos_token_id"))
+        t.eos_id, t.unk_id = _first_id(hf.config.get("eos_token_id")), -1
+        log(f"NOTE: {hf.path} has no tokenizer file (tokenizer.json or a SentencePiece model), "
+            "so the checkpoint stores no tokenizer. Pass the model's tokenizer file "
+            "--config.tokenizer.path=... (with the matching --config.tokenizer.*_id) to "
+            "fmjax.finetune, --tokenizer=... to fmjax.generate and fmjax.evaluate.")
+        return b""
+    with open(path, "rb") as f:
+        data = f.read()
+    hf_files = {name: hf_tokenizer.read_json(os.path.join(hf.path, name))
+                for name in HF_TOKENIZER_CONFIGS}
+    for name, value in hf_tokenizer.special_ids(data, hf_files, hf.config).items():
+        t[name] = value
     return data
 
 
@@ -228,6 +241,23 @@ def import_hf(family: str, hf_dir: str, output: str, *, scan_layers: bool = True
         has_tokenizer=bool(tokenizer_bytes), fresh=matched.fresh_groups)
 
 
+def _write_tokenizer(directory: str, data: bytes, converter: mapping.Converter,
+                     tokenizer) -> list[str]:
+    """The checkpoint's tokenizer file under the name HF gives its kind (a tokenizer.json
+    with a tokenizer_config.json naming its special tokens); the names written."""
+    if not hf_tokenizer.is_tokenizer_json(data[:64]):
+        name = converter.tokenizer_files[0]
+        with open(os.path.join(directory, name), "wb") as f:
+            f.write(data)
+        return [name]
+    with open(os.path.join(directory, HF_TOKENIZER_FILE), "wb") as f:
+        f.write(data)
+    ids = {name: tokenizer[name] for name in hf_tokenizer.HF_TOKEN_KEYS}
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump(hf_tokenizer.token_names(data, ids), f, indent=2, sort_keys=True)
+    return [HF_TOKENIZER_FILE, "tokenizer_config.json"]
+
+
 def _hf_config(converter: mapping.Converter, cfg, tokenizer, dtype: str) -> dict:
     hf = converter.config_to_hf(cfg)
     ids = {"pad_token_id": tokenizer.pad_id, "bos_token_id": tokenizer.bos_id,
@@ -288,10 +318,7 @@ def export_hf(family: str, source: str, output: str, *, dtype: str = "auto",
                   sort_keys=True)
     files.append("config.json")
     if reader.tokenizer_bytes:
-        name = converter.tokenizer_files[0]
-        with open(os.path.join(tmp, name), "wb") as f:
-            f.write(reader.tokenizer_bytes)
-        files.append(name)
+        files += _write_tokenizer(tmp, reader.tokenizer_bytes, converter, config.tokenizer)
     os.replace(tmp, output)
     log(f"wrote {len(plan.hf_shapes)} tensors ({dtype}) to {output}: {', '.join(files)}")
     return files

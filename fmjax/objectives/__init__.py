@@ -82,9 +82,10 @@ def _names_for_kind(kind: str, config) -> list[str]:
 
 
 def special_ids(config) -> tuple[int, ...]:
-    """The tokenizer's special ids (pad, bos, eos, unk), sorted, without repeats."""
+    """The tokenizer's special ids (pad, bos, eos, unk, and a tokenizer's own [MASK]) that are
+    set (>= 0), sorted, without repeats."""
     t = config.tokenizer
-    return tuple(sorted({t.pad_id, t.bos_id, t.eos_id, t.unk_id}))
+    return tuple(sorted({t.pad_id, t.bos_id, t.eos_id, t.unk_id, t.mask_id} - {-1}))
 
 
 def regular_tokens(tokens_BT, segment_ids_BT, config):

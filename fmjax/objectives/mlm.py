@@ -5,8 +5,9 @@ uniformly without replacement (BERT's per-sequence count; a row without regular 
 none). Regular = real (segment > 0) and not pad / bos / eos / unk or an extra id
 (`objectives.regular_tokens`), so special tokens and padding are never chosen. Each chosen
 token is, independently:
-  - with probability mask_fraction (0.8): replaced by [MASK] = model.vocab_size - 1 (the last
-    of `tokenizer.extra_ids`, which must be >= 1),
+  - with probability mask_fraction (0.8): replaced by [MASK] (`mask_id`: config.tokenizer.mask_id,
+    an imported BERT's; by default model.vocab_size - 1, the last of `tokenizer.extra_ids`,
+    which must then be >= 1),
   - with probability random_fraction (0.1): replaced by a random regular id, uniform over the
     tokenizer's pieces minus the special ids (never an extra id; it may equal the original),
   - otherwise kept.
@@ -23,6 +24,12 @@ from fmjax import objectives
 from fmjax.config import ConfigError
 
 
+def mask_id(config) -> int:
+    """The [MASK] id: config.tokenizer.mask_id, or (-1) the last embedding row."""
+    m = config.tokenizer.mask_id
+    return m if m >= 0 else config.model.vocab_size - 1
+
+
 class MaskedLM:
     model_kinds = ("encoder",)  # bert
 
@@ -36,11 +43,12 @@ class MaskedLM:
                 f"config.mlm.mask_fraction = {m.mask_fraction} and config.mlm.random_fraction = "
                 f"{m.random_fraction}: each must be >= 0 and their sum <= 1 (the rest is kept); "
                 "BERT uses 0.8 and 0.1")
-        objectives.require_extra_ids(config, 1, "the [MASK] id")
+        if config.tokenizer.mask_id < 0:  # fmjax's own: the last id, after the pieces
+            objectives.require_extra_ids(config, 1, "the [MASK] id")
         self.config = config
         self.mask_rate, self.mask_fraction = m.mask_rate, m.mask_fraction
         self.random_fraction = m.random_fraction
-        self.mask_id = config.model.vocab_size - 1
+        self.mask_id = mask_id(config)
         self.num_pieces = config.model.vocab_size - config.tokenizer.extra_ids
         self.specials = [i for i in objectives.special_ids(config) if i < self.num_pieces]
 

@@ -20,7 +20,7 @@ from typing import Sequence
 import jax
 
 from fmjax import config as config_lib, mesh as mesh_lib, models, tasks
-from fmjax.data import sp_tokenizer as tokenizer_lib
+from fmjax.data import tokenizer_files
 from fmjax.nn import lora
 from fmjax.tasks import scores
 from fmjax.training import checkpoint, engine as engine_lib, loop
@@ -76,21 +76,21 @@ def inherit_pretrained(config, saved: dict, *, tokenizer_ids: bool = True):
             config.model[key] = pretrained.model[key]
     # ids past the tokenizer's pieces belong to the embedding table ([MASK], sentinels)
     config.tokenizer.extra_ids = pretrained.tokenizer.extra_ids
-    for key in ("pad_id", "bos_id", "eos_id", "unk_id", "model_type") if tokenizer_ids else ():
+    for key in ("pad_id", "bos_id", "eos_id", "unk_id", "mask_id", "model_type") if tokenizer_ids else ():
         config.tokenizer[key] = pretrained.tokenizer[key]
     return config
 
 
 def own_tokenizer_bytes(config, source: str) -> bytes:
     """config.tokenizer.path's bytes, for a pretrained checkpoint that stores no tokenizer (one
-    converted from a Hugging Face model whose tokenizer is not SentencePiece)."""
+    converted from a Hugging Face directory without tokenizer files)."""
     path = os.path.expanduser(config.tokenizer.path)
     if not path or not os.path.isfile(path):
         raise config_lib.ConfigError(
             f"config.tokenizer.path = {config.tokenizer.path!r}: config.init_from = {source} "
-            "stores no tokenizer (converted from a Hugging Face model without a SentencePiece "
-            "tokenizer.model); set --config.tokenizer.path to a SentencePiece .model whose "
-            "pieces match the model's vocabulary (and --config.tokenizer.*_id to its ids)")
+            "stores no tokenizer (converted from a Hugging Face directory without tokenizer "
+            "files); set --config.tokenizer.path to the model's tokenizer.json or SentencePiece "
+            ".model (and --config.tokenizer.*_id to its special ids)")
     with open(path, "rb") as f:
         return f.read()
 
@@ -199,7 +199,7 @@ def finetune(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
     config.tokenizer.path = checkpoint.tokenizer_path(workdir)
     config_lib.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     models.resolve(config.model)  # the model's own checks (layers, attention), before any data
-    tokenizer = tokenizer_lib.Tokenizer(config.tokenizer.path)
+    tokenizer = tokenizer_files.open_tokenizer(config.tokenizer.path, config)
     tokenizer.check_against(config)
     workdir_lib.prepare_workdir(config, workdir, tokenizer)
 

@@ -10,7 +10,7 @@ from typing import Sequence
 import jax
 
 from fmjax import config as config_lib, distributed, mesh as mesh_lib, models
-from fmjax.data import identity, pipeline, sources, sp_tokenizer as tokenizer_lib
+from fmjax.data import identity, pipeline, sources, tokenizer_files
 from fmjax.generation import sampling
 from fmjax.training import checkpoint, engine as engine_lib, eval_loss, loop
 from fmjax.training import workdir as workdir_lib
@@ -59,7 +59,7 @@ def train(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
     models.resolve(config.model)  # the model's own checks (layers, attention), before any data
     # process 0 builds the shared tokenizer / TFDS cache first; then all compare what they read
     tokenizer, data_identity = distributed.process_zero_first(lambda: (
-        tokenizer_lib.ensure_tokenizer(config),
+        tokenizer_files.ensure_tokenizer(config),
         identity.data_identity(config, sources.get_source)))
     tokenizer.check_against(config)
     tokenizer_bytes = workdir_lib.prepare_workdir(config, workdir, tokenizer)

@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from fmjax.config import ConfigError, base_config
 from fmjax.data import hash_split, local_text, packing, pipeline, sources, stdlib_corpus
 from fmjax.data import streams
-from fmjax.data import sp_tokenizer as tokenizer_lib
+from fmjax.data import sp_tokenizer as tokenizer_lib, tokenizer_files
 from tests.helpers import assert_batches_equal, take
 
 SEQ_LEN = 64
@@ -45,7 +45,7 @@ def stdlib_build(data_dir):
 
 @pytest.fixture(scope="module")
 def tokenizer(data_dir, stdlib_build):
-    return tokenizer_lib.ensure_tokenizer(make_config(data_dir))
+    return tokenizer_files.ensure_tokenizer(make_config(data_dir))
 
 
 @pytest.fixture(scope="module")

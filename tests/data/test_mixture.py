@@ -16,7 +16,7 @@ from fmjax.data.identity import data_identity
 from fmjax.training import loop
 from fmjax.config import ConfigError, to_json
 from fmjax.data import mixture, pipeline, sources
-from fmjax.data import sp_tokenizer as tokenizer_lib
+from fmjax.data import sp_tokenizer as tokenizer_lib, tokenizer_files
 from fmjax.data.text_source import TextSource
 from tests.helpers import assert_batches_equal, take
 from tests.data.tfds_mock import (SEQ_LEN, mock_catalog, mock_config, tiny_tokenizer,
@@ -243,7 +243,7 @@ def test_the_tokenizer_trains_on_each_component_by_its_share(mocked, tmp_path, t
         return shutil.copy(tokenizer.path, output_path)
 
     with mock.patch.object(tokenizer_lib, "train_sentencepiece", train):
-        tokenizer = tokenizer_lib.ensure_tokenizer(config)
+        tokenizer = tokenizer_files.ensure_tokenizer(config)
     assert tokenizer.path.startswith(str(tmp_path))
     chars = collections.Counter()
     for text in seen:

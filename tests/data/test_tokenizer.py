@@ -9,7 +9,7 @@ import pytest
 
 from fmjax.config import ConfigError, base_config
 from fmjax.data import stdlib_corpus
-from fmjax.data import sp_tokenizer as tokenizer_lib
+from fmjax.data import sp_tokenizer as tokenizer_lib, tokenizer_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STDLIB = sysconfig.get_paths()["stdlib"]
@@ -37,7 +37,7 @@ def tiny_config(data_dir):
 
 @pytest.fixture(scope="module")
 def tokenizer(data_dir):
-    return tokenizer_lib.ensure_tokenizer(tiny_config(data_dir))
+    return tokenizer_files.ensure_tokenizer(tiny_config(data_dir))
 
 
 def stdlib_file_containing(predicate):
@@ -106,7 +106,7 @@ def test_special_id_mismatch_names_the_field(tokenizer, data_dir):
 
 def test_ensure_tokenizer_reuses_the_cached_model(tokenizer, data_dir):
     mtime = os.stat(tokenizer.path).st_mtime_ns
-    again = tokenizer_lib.ensure_tokenizer(tiny_config(data_dir))
+    again = tokenizer_files.ensure_tokenizer(tiny_config(data_dir))
     assert again.path == tokenizer.path
     assert os.stat(again.path).st_mtime_ns == mtime
     assert tokenizer.path.startswith(data_dir)
@@ -115,10 +115,10 @@ def test_ensure_tokenizer_reuses_the_cached_model(tokenizer, data_dir):
 def test_ensure_tokenizer_loads_an_explicit_path(tokenizer, data_dir):
     config = tiny_config(data_dir)
     config.tokenizer.path = tokenizer.path
-    assert tokenizer_lib.ensure_tokenizer(config).encode("abc") == tokenizer.encode("abc")
+    assert tokenizer_files.ensure_tokenizer(config).encode("abc") == tokenizer.encode("abc")
     config.tokenizer.path = os.path.join(data_dir, "missing.model")
     with pytest.raises(ConfigError, match=r"tokenizer\.path = .*missing\.model.*no such file"):
-        tokenizer_lib.ensure_tokenizer(config)
+        tokenizer_files.ensure_tokenizer(config)
 
 
 def test_training_is_deterministic(tmp_path):

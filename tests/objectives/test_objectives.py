@@ -456,7 +456,7 @@ def test_row_length_and_model_kinds():
 def test_pipeline_packs_rows_of_the_objectives_length(data_dir):
     """Real packed rows (stdlib corpus, bos/eos per document) at span corruption's raw length;
     the encoder comes out exactly seq_len, and the row rebuilds from encoder + targets."""
-    from fmjax.data import pipeline, sp_tokenizer as tokenizer_lib
+    from fmjax.data import pipeline, sp_tokenizer as tokenizer_lib, tokenizer_files
     config = base_config()
     config.objective = "span_corruption"
     config.data.tfds_data_dir = data_dir
@@ -464,7 +464,7 @@ def test_pipeline_packs_rows_of_the_objectives_length(data_dir):
     config.tokenizer.train_chars = 300_000
     config.model.seq_len = 64
     config.train.global_batch_size, config.train.eval_batches = 8, 2
-    tokenizer = tokenizer_lib.ensure_tokenizer(config)
+    tokenizer = tokenizer_files.ensure_tokenizer(config)
     assert tokenizer.vocab_size == 512  # pieces = model.vocab_size - tokenizer.extra_ids
     tokenizer.check_against(config)
     wrong = config.copy_and_resolve_references()
