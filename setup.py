@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "array_record>=0.7,<0.10",
     "grain>=0.2.12,<0.4",
     "sentencepiece>=0.2.0,<0.3",
+    "tokenizers>=0.20,<1",  # imported models' tokenizer.json (fmjax/data/hf_tokenizer.py)
     "ml-collections>=1.0,<2",
     "absl-py>=2.1",
     "numpy>=1.26",
@@ -37,6 +38,9 @@ setup(
                  # CPU-only wheel is at hand: any other spec pulls the CUDA build (several GB
                  # of nvidia-* packages) from PyPI.
                  "transformers>=5.0,<6", "torch==2.13.0", "safetensors>=0.4.3,<1",
+                 # the reference of the evaluation parity test and benchmark
+                 # (tests/evals/test_lm_eval_parity.py, benchmarks/lm_eval_speed.py)
+                 "lm-eval[hf]>=0.4.13,<0.5",
                  # fmjax.preflight compiles for TPU topologies on any Linux host
                  # (tests/test_preflight.py); the libtpu release jax[tpu]==0.10.2 requires.
                  # With another jax, take its own: pip install 'jax[tpu]==<your jax>'.
