@@ -1,18 +1,20 @@
 """Zero- and few-shot evaluation tasks, registered by name, scored by lm-evaluation-harness's
-definitions (fmjax/evals/multiple_choice.py, loglikelihood.py).
+definitions by their output type: multiple choice (fmjax/evals/multiple_choice.py), rolling
+log-likelihood (rolling.py), greedy generation with exact match (generative.py).
 
 A new task is one file `fmjax/evals/NAME.py` calling `register(Task(name="NAME", ...))`; it is
 imported on first use of its name, so there is no central list to edit. A user's own task
 needs no code: `jsonl:PATH` names a JSONL file of {"context", "choices", "gold"} records
-(fmjax/evals/jsonl.py).
+(multiple choice), {"text"} records (rolling log-likelihood) or {"context", "answers"} records
+(generation until a newline, exact match) (fmjax/evals/jsonl.py).
 """
 from __future__ import annotations
 
 from fmjax.config import ConfigError
-from fmjax.evals.task_spec import Example, Task
+from fmjax.evals.task_spec import Example, Generation, Passage, Question, Task
 from fmjax.registry import Registry
 
-__all__ = ["Example", "Task", "TASKS", "register", "get"]
+__all__ = ["Example", "Generation", "Passage", "Question", "Task", "TASKS", "register", "get"]
 
 
 TASKS: Registry[Task] = Registry("fmjax.evals", "eval.tasks", "eval task", ConfigError)

@@ -7,7 +7,8 @@ the score of an answer is the sum of the log-probabilities of its tokens only.
 with the standard error of each mean (sample standard deviation / sqrt(n)). Few-shot examples
 are drawn with `random.Random(seed)` from the task's few-shot split (never the example being
 scored), each written as context + target delimiter + its right answer, joined by the
-few-shot delimiter (a blank line).
+few-shot delimiter (a blank line), after the task's description. Generative tasks draw theirs
+the same way (`fewshot_contexts` takes any example with a `context` and a `target`).
 """
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ from fmjax.evals import Example, Task
 from fmjax.evals.loglikelihood import Request, Result
 
 
-def fewshot_contexts(task: Task, examples: Sequence[Example], num_fewshot: int,
-                     seed: int) -> list[str]:
-    """Each example's full context: num_fewshot solved examples, then its own context."""
+def fewshot_contexts(task: Task, examples: Sequence, num_fewshot: int, seed: int) -> list[str]:
+    """Each example's full context: the task's description, num_fewshot solved examples (their
+    context + target delimiter + target), then its own context."""
     if num_fewshot == 0:
-        return [ex.context for ex in examples]
+        return [task.description + ex.context for ex in examples]
     pool = task.load(task.fewshot_split)
     same_split = task.fewshot_split == task.eval_split
     if len(pool) < num_fewshot + same_split:
@@ -37,9 +38,9 @@ def fewshot_contexts(task: Task, examples: Sequence[Example], num_fewshot: int,
     for ex in examples:
         shots = rng.sample(pool, num_fewshot + same_split)
         shots = [s for s in shots if s != ex][:num_fewshot]
-        prefix = "".join(s.context + task.target_delimiter + s.choices[s.gold]
-                         + task.fewshot_delimiter for s in shots)
-        out.append(prefix + ex.context)
+        prefix = "".join(s.context + task.target_delimiter + s.target + task.fewshot_delimiter
+                         for s in shots)
+        out.append(task.description + prefix + ex.context)
     return out
 
 
@@ -76,6 +77,11 @@ class Scores:
     acc_norm_stderr: float
     n: int  # examples
     truncated: int  # requests whose context lost tokens from the left
+
+    def metrics(self) -> dict[str, tuple[float, float | None]]:
+        """{metric: (value, standard error)}, as every kind's Scores reports them."""
+        return {"acc": (self.acc, self.acc_stderr), "acc_norm": (self.acc_norm,
+                                                                 self.acc_norm_stderr)}
 
 
 def _mean_and_stderr(values: np.ndarray) -> tuple[float, float]:

@@ -73,6 +73,42 @@ def generate(model, params, prompt_BP, rng, *, max_new_tokens: int, temperature:
     return out_BN
 
 
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "prefix_lm"))
+def greedy_until(model, params, prompt_BP, segment_ids_BP, stop_V, *, max_new_tokens: int,
+                 prefix_lm: bool = False):
+    """Greedy continuations of a batch of left-padded prompts of different lengths -> new tokens
+    [B, max_new_tokens]. segment_ids_BP: 1 on each prompt's tokens, 0 on its left padding (never
+    attended to); each prompt's positions start at 0 at its first token. Decoding ends once every
+    row has produced a token with stop_V[token] (bool [V]; the caller cuts each row there), or
+    after max_new_tokens; a row's tokens after its stop are junk to cut. prefix_lm: the prompt is
+    the bidirectional prefix (models trained with objective=prefix_lm)."""
+    b, p = prompt_BP.shape
+    cache = init_cache(model, b, p + max_new_tokens)
+    lengths_B = jnp.sum(segment_ids_BP, axis=1)
+    positions_BP = jnp.maximum(jnp.cumsum(segment_ids_BP, axis=1) - 1, 0)
+    prefix = {"prefix_mask_BT": segment_ids_BP} if prefix_lm else {}
+    logits_BPV, mutated = model.apply({"params": params, "cache": cache}, prompt_BP,
+                                      segment_ids_BP, positions_BP, decode=True,
+                                      mutable=["cache"], **prefix)
+
+    def cond(carry):
+        i, _, _, _, done_B = carry
+        return (i < max_new_tokens) & ~jnp.all(done_B)
+
+    def body(carry):
+        i, cache, logits_BV, out_BN, done_B = carry
+        token_B = jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+        out_BN = jax.lax.dynamic_update_index_in_dim(out_BN, token_B, i, axis=1)
+        logits_B1V, mutated = model.apply(
+            {"params": params, "cache": cache}, token_B[:, None], jnp.ones((b, 1), jnp.int32),
+            (lengths_B + i)[:, None], decode=True, mutable=["cache"])
+        return i + 1, mutated["cache"], logits_B1V[:, -1], out_BN, done_B | stop_V[token_B]
+
+    carry = (jnp.int32(0), mutated["cache"], logits_BPV[:, -1],
+             jnp.zeros((b, max_new_tokens), jnp.int32), jnp.zeros((b,), bool))
+    return jax.lax.while_loop(cond, body, carry)[3]
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
 def greedy_without_cache(model, params, prompt_BP, max_new_tokens: int):
     """Reference for tests: every new token re-runs the whole (causal) sequence, no cache."""
@@ -91,7 +127,8 @@ def greedy_without_cache(model, params, prompt_BP, max_new_tokens: int):
                                              "top_p"))
 def generate_encoder_decoder(model, params, encoder_BS, rng, *, max_new_tokens: int,
                              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                             eos_id: int = -1, start_id: int = 0, pad_id: int = 0):
+                             eos_id: int = -1, start_id: int = 0, pad_id: int = 0,
+                             encoder_segment_ids_BS=None, stop_V=None):
     """encoder tokens [B, S] -> new decoder tokens [B, max_new_tokens], for encoder-decoder
     models called as `model.apply(vars, encoder_tokens_BS, decoder_tokens_BT)` (models/t5.py).
 
@@ -103,7 +140,9 @@ def generate_encoder_decoder(model, params, encoder_BS, rng, *, max_new_tokens: 
     loop, nothing relies on it). A row stops at its first `eos_id` (kept in the output; the
     positions after it are `pad_id`, as HF's generate pads finished rows) and the loop ends
     once every row has stopped. Sampling as `generate`: temperature 0 = greedy, else
-    temperature / top_k / top_p with the step's key fold_in(rng, i)."""
+    temperature / top_k / top_p with the step's key fold_in(rng, i). encoder_segment_ids_BS:
+    0 on padding the encoder never attends to (prompts of different lengths in one batch);
+    stop_V (bool [V]): a row also stops at a token with stop_V[token] (fmjax/evals)."""
     b = encoder_BS.shape[0]
     buffer_BL = jnp.full((b, max_new_tokens + 1), pad_id, jnp.int32).at[:, 0].set(start_id)
 
@@ -113,12 +152,14 @@ def generate_encoder_decoder(model, params, encoder_BS, rng, *, max_new_tokens: 
 
     def body(carry):
         i, buffer_BL, done_B = carry
-        logits_BLV = model.apply({"params": params}, encoder_BS, buffer_BL)
+        logits_BLV = model.apply({"params": params}, encoder_BS, buffer_BL,
+                                 encoder_segment_ids_BS)
         logits_BV = jax.lax.dynamic_index_in_dim(logits_BLV, i, axis=1, keepdims=False)
         token_B = _pick(logits_BV, jax.random.fold_in(rng, i), temperature, top_k, top_p)
         token_B = jnp.where(done_B, pad_id, token_B)
         buffer_BL = jax.lax.dynamic_update_index_in_dim(buffer_BL, token_B, i + 1, axis=1)
-        return i + 1, buffer_BL, done_B | (token_B == eos_id)
+        stop_B = (token_B == eos_id) if stop_V is None else stop_V[token_B]
+        return i + 1, buffer_BL, done_B | stop_B
 
     _, buffer_BL, _ = jax.lax.while_loop(
         cond, body, (jnp.int32(0), buffer_BL, jnp.zeros((b,), bool)))
