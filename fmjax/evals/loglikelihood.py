@@ -4,18 +4,26 @@ log-probabilities of the continuation's tokens only (plus whether greedy decodin
 produced exactly them). A request longer than the model's rows loses tokens from the left of
 its context, as the harness truncates, and is counted.
 
-Speed: requests are packed into rows of `row_length` tokens with segment ids (a request never
-attends to another), longest first into the first row with room, and rows run in batches of a
-fixed shape, so one program is compiled however many requests there are.
+Speed: requests are sorted by length into a few buckets of row lengths (the model's length and
+its halves), packed into rows of their bucket's length with segment ids (a request never
+attends to another), longest first into the first row with room, and each bucket's rows run in
+batches of one shape with the same tokens per batch, sharded over the mesh's batch axes: one
+program per bucket is compiled however many requests there are.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+BUCKETS = 3  # row lengths requests are sorted into: the model's length, its half, its quarter
+MIN_BUCKET = 64  # no bucket shorter than this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,25 +142,55 @@ def pack_encoder_decoder(requests: Sequence[Request], encoder_length: int, decod
     return rows, placed, [cut for _, _, cut in prepared]
 
 
-def make_token_scorer(apply_logits: Callable, vocab_size: int):
-    """jitted (params, rows) -> (log p(target) [R, T], target is the argmax [R, T]);
+class TokenScorer:
+    """(params, rows) -> (log p(target) [R, T], target is the argmax [R, T]) as numpy, from
     apply_logits(params, rows) -> logits [R, T, V'] (V' >= vocab_size: padded embedding rows
-    are never predicted)."""
-    def score(params, rows):
-        logits = apply_logits(params, rows)
-        logits = logits.astype(jnp.float32)
-        if logits.shape[-1] > vocab_size:
-            logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        target_logp = jnp.take_along_axis(logp, rows["targets"][..., None], axis=-1)[..., 0]
-        return target_logp, jnp.argmax(logits, axis=-1) == rows["targets"]
-    return jax.jit(score)
+    are never predicted). Compiled once per row shape. With a mesh, the rows are sharded over
+    its batch axes (R must be a multiple of `row_multiple`, their size) under the mesh's
+    logical rules, and the results come back whole to every process."""
+
+    def __init__(self, apply_logits: Callable, vocab_size: int, mesh=None):
+        def score(params, rows):
+            logits = apply_logits(params, rows).astype(jnp.float32)
+            if logits.shape[-1] > vocab_size:
+                logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_size, logits, -jnp.inf)
+            logp = jax.nn.log_softmax(logits, axis=-1)
+            target_logp = jnp.take_along_axis(logp, rows["targets"][..., None], axis=-1)[..., 0]
+            return target_logp, jnp.argmax(logits, axis=-1) == rows["targets"]
+
+        self.mesh, self.row_multiple = mesh, 1
+        if mesh is None:
+            self._score = jax.jit(score)
+            return
+        from fmjax import mesh as mesh_lib
+        self._rows_sharding = mesh_lib.batch_sharding(mesh)
+        axes = self._rows_sharding.spec[0] if self._rows_sharding.spec else None
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        self.row_multiple = math.prod(mesh.shape[a] for a in axes)
+        self._score = jax.jit(score, out_shardings=mesh_lib.replicated(mesh))
+        self._activate = functools.partial(mesh_lib.activate, mesh)
+
+    def __call__(self, params, rows: dict):
+        if self.mesh is None:
+            return self._score(params, rows)
+        rows = {k: jax.make_array_from_callback(v.shape, self._rows_sharding,
+                                                lambda index, v=v: v[index])
+                for k, v in rows.items()}
+        with self._activate():
+            return self._score(params, rows)
+
+
+def make_token_scorer(apply_logits: Callable, vocab_size: int, mesh=None) -> TokenScorer:
+    return TokenScorer(apply_logits, vocab_size, mesh)
 
 
 def score_rows(scorer, params, rows: dict, batch_rows: int,
                progress: Callable[[int, int], None] | None = None):
-    """(log p(target), target is the argmax) over all `rows`, run `batch_rows` at a time (the
-    last batch padded with empty rows, so one shape compiles); progress(rows_done, total)."""
+    """(log p(target), target is the argmax) over all `rows`, run `batch_rows` at a time
+    (rounded up to the scorer's row_multiple; the last batch padded with empty rows, so one
+    shape compiles); progress(rows_done, total)."""
+    multiple = getattr(scorer, "row_multiple", 1)
+    batch_rows = -(-batch_rows // multiple) * multiple
     total = len(rows["tokens"])
     pad = -total % batch_rows
     rows = {k: np.concatenate([v, np.zeros((pad, v.shape[1]), np.int32)])
@@ -164,23 +202,55 @@ def score_rows(scorer, params, rows: dict, batch_rows: int,
         greedy.append(np.asarray(gr))
         if progress is not None:
             progress(min(start + batch_rows, total), total)
-    return np.concatenate(logp), np.concatenate(greedy)
+    return np.concatenate(logp)[:total], np.concatenate(greedy)[:total]
+
+
+def bucket_lengths(row_length: int) -> list[int]:
+    """The row lengths requests are sorted into, shortest first: row_length and its halves
+    down to MIN_BUCKET (BUCKETS at most), so short requests do not pay for attention over
+    the model's whole length."""
+    lengths = [row_length // 2**k for k in range(BUCKETS)
+               if row_length % 2**k == 0 and row_length // 2**k >= MIN_BUCKET]
+    return sorted(lengths) or [row_length]
+
+
+def _tokens_needed(request: Request, row_length: int, encoder_decoder: bool) -> int:
+    if encoder_decoder:
+        return max(min(len(request.context_ids), row_length),
+                   min(len(request.continuation_ids), row_length))
+    return min(len(request.context_ids) + len(request.continuation_ids) - 1, row_length)
 
 
 def loglikelihoods(scorer, params, requests: Sequence[Request], *, row_length: int,
                    batch_rows: int, progress: Callable[[int, int], None] | None = None,
                    encoder_decoder: bool = False) -> list[Result]:
-    """Results of `requests` in order; `scorer` from make_token_scorer. Rows run `batch_rows`
-    at a time (the last batch padded with empty rows); progress(rows_done, rows_total).
-    `encoder_decoder`: contexts go to the encoder (pack_encoder_decoder), rows of row_length
-    tokens on both sides."""
-    if encoder_decoder:
-        rows, placed, truncated = pack_encoder_decoder(requests, row_length, row_length)
-    else:
-        rows, placed, truncated = pack(requests, row_length)
-    logp, greedy = score_rows(scorer, params, rows, batch_rows, progress)
-    out = []
-    for p, cut in zip(placed, truncated):
-        span = slice(p.start + p.length - p.continuation, p.start + p.length)
-        out.append(Result(float(logp[p.row, span].sum()), bool(greedy[p.row, span].all()), cut))
+    """Results of `requests` in order; `scorer` from make_token_scorer. Each request goes to
+    the shortest bucket of `bucket_lengths` that holds it; a bucket of length L runs
+    batch_rows * row_length / L rows at a time (the same tokens per batch). `encoder_decoder`:
+    contexts go to the encoder (pack_encoder_decoder), rows of L tokens on both sides.
+    progress(rows_done, rows_total) counts rows of the longest bucket's length."""
+    lengths = bucket_lengths(row_length)
+    buckets: dict[int, list[int]] = {length: [] for length in lengths}
+    for i, r in enumerate(requests):
+        need = _tokens_needed(r, row_length, encoder_decoder)
+        buckets[next(length for length in lengths if need <= length)].append(i)
+    packed = {}
+    for length, members in buckets.items():
+        if members:
+            chosen = [requests[i] for i in members]
+            packed[length] = (pack_encoder_decoder(chosen, length, length) if encoder_decoder
+                              else pack(chosen, length))
+    total = sum(len(rows["tokens"]) * length for length, (rows, _, _) in packed.items())
+    done, out = 0, [None] * len(requests)
+    for length, (rows, placed, truncated) in packed.items():
+        def bucket_progress(rows_done, _, done=done, length=length):
+            if progress is not None:
+                progress((done + rows_done * length) // row_length, -(-total // row_length))
+        logp, greedy = score_rows(scorer, params, rows, batch_rows * row_length // length,
+                                  bucket_progress)
+        done += len(rows["tokens"]) * length
+        for i, p, cut in zip(buckets[length], placed, truncated):
+            span = slice(p.start + p.length - p.continuation, p.start + p.length)
+            out[i] = Result(float(logp[p.row, span].sum()), bool(greedy[p.row, span].all()),
+                            cut)
     return out
