@@ -221,8 +221,9 @@ def table(scores: dict, num_fewshot: int) -> str:
     for name, s in scores.items():
         for metric, (value, se) in s.metrics().items():
             stderr = "N/A" if se is None else f"{se:.4f}"
+            shown = f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"  # perplexities
             lines.append(f"{name[-28:]:<28} {_shots(name, num_fewshot):>5} {metric:<16} "
-                         f"{value:>9.4f} {stderr:>7} {s.n:>6}")
+                         f"{shown:>9} {stderr:>7} {s.n:>6}")
         if s.truncated:
             lines.append(f"  ({s.truncated} requests truncated from the left to the model's "
                          "length)")

@@ -43,6 +43,20 @@ def test_exact_match_normalisation(generation, prediction, answers, hit):
     assert generative.exact_match(prediction, answers, generation) == hit
 
 
+def test_exact_match_equals_lm_eval_where_installed():
+    metrics = pytest.importorskip("lm_eval.api.metrics")
+    cases = [("The Eiffel Tower", "eiffel tower"), ("an apple!", "Apple"), ("THE Beatles",
+             "Beatles"), ("A.B.C", "abc"), ("  x", "x"), ("Dec. 1972", "dec 1972")]
+    for generation in (NQ, TRIVIA):
+        kw = dict(ignore_case=generation.ignore_case,
+                  ignore_punctuation=generation.ignore_punctuation,
+                  regexes_to_ignore=list(generation.regexes_to_ignore) or None)
+        for prediction, reference in cases:
+            theirs = metrics.exact_match_hf_evaluate([prediction], [reference], **kw)
+            assert generative.exact_match(prediction, [reference], generation) == \
+                theirs["exact_match"], (prediction, reference)
+
+
 def test_score_mean_and_stderr():
     questions = [evals.Question("q", ("a",)), evals.Question("q", ("b",))]
     s = generative.score(questions, [" a\nmore", "c"], generative.Generation())
@@ -142,6 +156,15 @@ def test_jsonl_generative_task_through_evaluate(gpt2, tmp_path):
     assert results["results"][name]["exact_match,none"] == pytest.approx(2 / 3)
     assert results["configs"][name]["output_type"] == "generate_until"
     assert "exact_match" in suite.table(scores, 0)
+    # the training loop's hook reports every kind's metrics by name
+    text = tmp_path / "text.jsonl"
+    text.write_text(json.dumps({"text": "Q: 1?"}))
+    hook = suite.loop_hook(engine, tokenizer, types.SimpleNamespace(
+        tasks=f"{name},jsonl:{text}", num_fewshot=0, limit=0))
+    metrics = hook(0, types.SimpleNamespace(params=params), None)
+    assert metrics[f"{name}/exact_match"] == pytest.approx(2 / 3)
+    assert set(metrics) == {f"{name}/exact_match"} | {
+        f"jsonl:{text}/{m}" for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")}
 
 
 def test_t5_batched_greedy_equals_torch(tmp_path):

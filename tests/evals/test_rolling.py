@@ -38,6 +38,15 @@ def test_every_token_is_predicted_once_after_the_tokens_before_it(n, max_seq_len
             assert len(context) + len(p) == max_seq_len + 1
 
 
+def test_windows_equal_lm_eval_where_installed():
+    utils = pytest.importorskip("lm_eval.utils")
+    for n, max_seq_len in [(1, 1), (9, 2), (40, 7), (64, 8), (65, 8)]:
+        tokens = list(range(1, n + 1))
+        theirs = [utils.make_disjoint_window(w) for w in utils.get_rolling_token_windows(
+            token_list=tokens, prefix_token=0, max_seq_len=max_seq_len, context_len=1)]
+        assert rolling.windows(tokens, 0, max_seq_len) == theirs
+
+
 def test_metrics_are_weighted_by_corpus_totals():
     passages = [evals.Passage("a b c"), evals.Passage("h\u00e9llo  world\n")]
     # words by re.split(r"\s+"): 3, and 3 (the trailing newline leaves an empty last word);
@@ -124,3 +133,10 @@ def test_jsonl_text_task_equals_transformers(tmp_path):
     np.testing.assert_allclose(scores.bits_per_byte, -sum(want) / n_bytes / math.log(2),
                                rtol=1e-4)
     assert scores.n == 3 and scores.truncated == 0
+    name = f"jsonl:{path}"
+    results = suite.results_json({name: scores}, num_fewshot=2, model="tiny", limit=0)
+    assert results["results"][name]["bits_per_byte,none"] == scores.bits_per_byte
+    assert results["results"][name]["word_perplexity_stderr,none"] == "N/A"
+    assert results["configs"][name]["output_type"] == "loglikelihood_rolling"
+    assert results["n-shot"][name] == 0  # rolling tasks take no few-shot examples
+    assert "bits_per_byte" in suite.table({name: scores}, 2)
