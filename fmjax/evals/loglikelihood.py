@@ -24,6 +24,9 @@ import numpy as np
 
 BUCKETS = 3  # row lengths requests are sorted into: the model's length, its half, its quarter
 MIN_BUCKET = 64  # no bucket shorter than this
+# a request goes to the shortest bucket whose rows hold this many like it (so packing fills
+# them), else to the longest
+REQUESTS_PER_ROW = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,7 +228,8 @@ def loglikelihoods(scorer, params, requests: Sequence[Request], *, row_length: i
                    batch_rows: int, progress: Callable[[int, int], None] | None = None,
                    encoder_decoder: bool = False) -> list[Result]:
     """Results of `requests` in order; `scorer` from make_token_scorer. Each request goes to
-    the shortest bucket of `bucket_lengths` that holds it; a bucket of length L runs
+    the shortest bucket of `bucket_lengths` that holds REQUESTS_PER_ROW requests of its
+    length (else the longest); a bucket of length L runs
     batch_rows * row_length / L rows at a time (the same tokens per batch). `encoder_decoder`:
     contexts go to the encoder (pack_encoder_decoder), rows of L tokens on both sides.
     progress(rows_done, rows_total) counts rows of the longest bucket's length."""
@@ -233,7 +237,8 @@ def loglikelihoods(scorer, params, requests: Sequence[Request], *, row_length: i
     buckets: dict[int, list[int]] = {length: [] for length in lengths}
     for i, r in enumerate(requests):
         need = _tokens_needed(r, row_length, encoder_decoder)
-        buckets[next(length for length in lengths if need <= length)].append(i)
+        buckets[next(length for length in lengths
+                     if need * REQUESTS_PER_ROW <= length or length == row_length)].append(i)
     packed = {}
     for length, members in buckets.items():
         if members:
