@@ -108,16 +108,17 @@ def load_config():
     return FLAGS.config
 
 
-def load_checkpoint(workdir: str, step: int | None = None, tokenizer: str | None = None):
-    """fmjax.generation.loading.load_run for the --workdir, --step and --tokenizer flags: a
-    path that holds no checkpoint, or a checkpoint without a tokenizer, is a UsageError naming
-    the flag that fixes it."""
+def load_checkpoint(workdir: str, step: int | None = None, tokenizer: str | None = None,
+                    flag: str = "--workdir"):
+    """fmjax.generation.loading.load_run for the `flag` (--workdir), --step and --tokenizer
+    flags: a path that holds no checkpoint, or a checkpoint without a tokenizer, is a
+    UsageError naming the flag that fixes it."""
     from fmjax.generation import loading
     from fmjax.training.checkpoint import NotACheckpoint
     try:
         return loading.load_run(workdir, step, tokenizer)
     except NotACheckpoint as e:
-        raise UsageError(f"--workdir={workdir}: {e}; pass a directory written by fmjax.train or "
+        raise UsageError(f"{flag}={workdir}: {e}; pass a directory written by fmjax.train or "
                          "fmjax.finetune, one of its checkpoints/STEP directories, or an "
                          "export") from None
     except loading.NoTokenizer as e:

@@ -172,8 +172,10 @@ def _cut_at_eos(row: list[int], eos_id: int) -> list[int]:
 
 def _sample_decoder(engine, params, tokenizer, prompt, *, max_new_tokens, num_samples, rng,
                     **sampling_kw) -> list[str]:
-    """[bos] + prompt continued with the KV cache; each text is the prompt + its continuation."""
-    ids = [tokenizer.bos_id] + tokenizer.encode(prompt)
+    """The tokenizer's prefix ids (fmjax's and Llama's: bos; GPT-2's: none) + prompt (an empty
+    one: eos, as GPT-2 starts from <|endoftext|>), continued with the KV cache; each text is
+    the prompt + its continuation."""
+    ids = [*tokenizer.prefix_ids, *tokenizer.encode(prompt)] or [tokenizer.eos_id]
     cfg = engine.model_config
     if models.get_family(cfg.family).position_params(cfg):  # learned positions end there
         max_new_tokens = max(0, min(max_new_tokens, cfg.max_positions - len(ids)))
