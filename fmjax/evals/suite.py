@@ -52,13 +52,13 @@ def request_scorer(engine, tokenizer, batch_rows: int = 8):
     return score
 
 
-def _progress(name: str):
+def _progress(name: str, unit: str = "rows"):
     start = time.monotonic()
 
     def show(done: int, total: int):
         elapsed = time.monotonic() - start
         eta = elapsed / done * (total - done) if done else 0.0
-        sys.stderr.write(f"\r{name}: {done}/{total} rows, {elapsed:.0f} s, eta {eta:.0f} s")
+        sys.stderr.write(f"\r{name}: {done}/{total} {unit}, {elapsed:.0f} s, eta {eta:.0f} s")
         if done == total:
             sys.stderr.write("\n")
         sys.stderr.flush()
@@ -82,7 +82,7 @@ class _Run:
     num_fewshot: int
     seed: int
     batch_rows: int
-    progress: Callable[[str], Callable | None]
+    progress: Callable[..., Callable | None]  # (task name, unit) -> progress(done, total)
     generate: Callable | None = None
 
 
@@ -112,7 +112,7 @@ def _generate_until(task, questions, run: _Run):
             run.engine, run.tokenizer, run.batch_rows, prefix_ids(run.tokenizer))
     prompts = multiple_choice.fewshot_contexts(task, questions, run.num_fewshot, run.seed)
     texts, truncated = run.generate(run.params, prompts, task.generation,
-                                    run.progress(task.name))
+                                    run.progress(task.name, "prompts"))
     return generative.score(questions, texts, task.generation, truncated)
 
 
@@ -153,7 +153,7 @@ def evaluate(engine, params, tokenizer, task_names: Sequence[str], *, num_fewsho
     for task in tasks:
         check_supported(engine, task)
     run = _Run(engine, params, tokenizer, score or request_scorer(engine, tokenizer, batch_rows),
-               num_fewshot, seed, batch_rows, _progress if progress else lambda name: None)
+               num_fewshot, seed, batch_rows, _progress if progress else lambda name, unit="": None)
     out = {}
     for name, task in zip(task_names, tasks):
         examples = task.load(task.eval_split)
