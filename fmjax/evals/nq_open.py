@@ -9,13 +9,14 @@ from fmjax import evals
 from fmjax.evals import olmo_data
 
 
-def load(split: str) -> list[evals.Question]:
-    return [evals.Question(f"Q: {row['question']}?\nA:", tuple(row["answer"]))
-            for row in olmo_data.read("nq_open/none", split)]
+def examples(rows: list[dict]) -> list[evals.Question]:
+    return [evals.Question(f"Q: {row['question']}?\nA:", tuple(row["answer"])) for row in rows]
 
 
 evals.register(evals.Task(
-    "nq_open", load=load, eval_split="validation", fewshot_split="validation",
+    "nq_open", load=lambda split: examples(olmo_data.read("nq_open/none", split)),
+    eval_split="validation", fewshot_split="validation", tfds_name="natural_questions_open",
+    from_rows=examples,
     fewshot_delimiter="\n", output_type="generate_until",
     description="Answer these questions:\n\n",
     generation=evals.Generation(until=("\n", ".", ","), ignore_case=True,

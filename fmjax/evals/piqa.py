@@ -4,10 +4,11 @@ from fmjax import evals
 from fmjax.evals import olmo_data
 
 
-def load(split: str) -> list[evals.Example]:
+def examples(rows: list[dict]) -> list[evals.Example]:
     return [evals.Example(f"Question: {row['goal']}\nAnswer:", (row["sol1"], row["sol2"]),
-                          row["label"]) for row in olmo_data.read("piqa/plain_text", split)]
+                          row["label"]) for row in rows]
 
 
-evals.register(evals.Task("piqa", load=load, eval_split="validation",
-                          fewshot_split="validation"))
+evals.register(evals.Task(
+    "piqa", load=lambda split: examples(olmo_data.read("piqa/plain_text", split)),
+    eval_split="validation", fewshot_split="validation", tfds_name="piqa", from_rows=examples))

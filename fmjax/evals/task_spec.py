@@ -64,6 +64,10 @@ class Task:
     output_type: str = "multiple_choice"  # one of OUTPUT_TYPES
     description: str = ""  # text before the first few-shot example (the harness's description)
     generation: Generation = Generation()  # generate_until tasks only
+    # the same benchmark in the TFDS catalog (NAME[/CONFIG]), whose rows have the fields of the
+    # shipped copy: `tfds:NAME` reads it through TFDS instead (fmjax/evals/tfds_rows.py)
+    tfds_name: str = ""
+    from_rows: Callable[[list[dict]], list] | None = None  # rows -> examples (load's second half)
 
     def __post_init__(self):
         if self.output_type not in OUTPUT_TYPES:

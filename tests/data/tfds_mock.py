@@ -32,6 +32,10 @@ SPLITS = {
     "ag_news_subset": ("train", "test"),
     "glue/mnli": ("train", "validation_matched", "validation_mismatched", "test_matched",
                   "test_mismatched"),
+    # eval tasks' TFDS copies (fmjax/evals/tfds_rows.py)
+    "ai2_arc/ARC-Easy": ("train", "validation", "test"),
+    "piqa": ("train", "validation"),
+    "natural_questions_open": ("train", "validation"),
 }
 
 
