@@ -12,6 +12,7 @@ from fmjax import evals, models
 from fmjax.config import ConfigError
 from fmjax.evals import (generative, generative_decoding, loglikelihood, masked_lm,
                          multiple_choice, rolling)
+from fmjax.objectives import mlm
 
 
 def request_scorer(engine, tokenizer, batch_rows: int = 8):
@@ -21,8 +22,9 @@ def request_scorer(engine, tokenizer, batch_rows: int = 8):
         was trained with objective=prefix_lm;
       * an encoder-decoder (t5, t5_1_1): the context + eos in the encoder (as in generation),
         the answer as decoder targets;
-      * an encoder (bert): masked-LM pseudo-log-likelihood, [MASK] = the last id as fmjax's
-        mlm objective trains it."""
+      * an encoder (bert): masked-LM pseudo-log-likelihood with the [MASK] id the mlm
+        objective uses (an imported BERT's own, else the last id).
+    Rows are sharded over the engine's mesh batch axes."""
     kind = models.get_family(engine.model_config.family).kind
     model, row_length = engine.model, engine.model_config.seq_len
     prefix_lm = engine.config.objective == "prefix_lm"
@@ -36,13 +38,14 @@ def request_scorer(engine, tokenizer, batch_rows: int = 8):
             prefix = {"prefix_mask_BT": rows["prefix"]} if prefix_lm else {}
             return model.apply({"params": params}, rows["tokens"], rows["segment_ids"],
                                rows["positions"], **prefix)
-    scorer = loglikelihood.make_token_scorer(apply_logits, engine.model_config.vocab_size)
+    scorer = loglikelihood.make_token_scorer(apply_logits, engine.model_config.vocab_size,
+                                             engine.mesh)
 
     def score(params, requests, progress=None):
         if kind == "encoder":
             return masked_lm.pseudo_loglikelihoods(
                 scorer, params, requests, row_length=row_length, batch_rows=batch_rows,
-                mask_id=engine.model_config.vocab_size - 1, progress=progress)
+                mask_id=mlm.mask_id(engine.config), progress=progress)
         if kind == "encoder_decoder":
             requests = [loglikelihood.Request(r.context_ids + (tokenizer.eos_id,),
                                               r.continuation_ids) for r in requests]
@@ -66,10 +69,9 @@ def _progress(name: str, unit: str = "rows"):
 
 
 def prefix_ids(tokenizer) -> tuple[int, ...]:
-    """Ids before every prompt: the tokenizer's own (`prefix_ids`), else its bos if it has one."""
-    if hasattr(tokenizer, "prefix_ids"):
-        return tuple(tokenizer.prefix_ids)
-    return (tokenizer.bos_id,) if tokenizer.bos_id >= 0 else ()
+    """Ids before every prompt: the tokenizer's own (fmjax's and Llama's bos; none for GPT-2),
+    as lm-evaluation-harness's tokenizer call adds them."""
+    return tuple(tokenizer.prefix_ids)
 
 
 @dataclasses.dataclass

@@ -69,7 +69,7 @@ class CharTokenizer:
     """One id per character of CHARS (newline first); id 95 is end-of-document (the tiny
     GPT-2's bos = eos), no bos."""
     CHARS = "\n" + "".join(chr(c) for c in range(32, 126))
-    bos_id, eos_id, vocab_size = -1, 95, 96
+    bos_id, eos_id, vocab_size, prefix_ids = -1, 95, 96, ()
 
     def encode(self, text):
         return [self.CHARS.index(c) for c in text]
@@ -85,7 +85,7 @@ def engine_for(ckpt):
     params, config_dict, _ = checkpoint.read_params_to_host(ckpt)
     config = config_lib.from_json_dict(config_dict)
     model, cfg = models.build(config)
-    return types.SimpleNamespace(model=model, model_config=cfg, config=config), params
+    return types.SimpleNamespace(model=model, model_config=cfg, config=config, mesh=None), params
 
 
 def harness_rolling_loglikelihood(hf, tokens, prefix, max_len):
