@@ -16,6 +16,19 @@ from fmjax.training import checkpoint, engine as engine_lib, eval_loss, loop
 from fmjax.training import workdir as workdir_lib
 
 
+@dataclasses.dataclass(frozen=True)
+class TaskAccuracy:
+    """One eval task's accuracy (lm-evaluation-harness's acc) at the end of the run."""
+    name: str
+    acc_by_shots: dict[int, float]  # {shots: acc}: the in-loop evaluation's and the final one's
+    chance: float  # expected acc of a uniform guess: mean over examples of 1 / choices
+    n: int  # examples scored
+
+    def line(self) -> str:
+        shots = "  ".join(f"{k}-shot {acc:.2f}" for k, acc in sorted(self.acc_by_shots.items()))
+        return f"  {self.name} acc  {shots}  (chance {self.chance:.2f}, n={self.n})"
+
+
 @dataclasses.dataclass
 class Report:
     steps: int
@@ -30,6 +43,7 @@ class Report:
     metrics_path: str
     sample: str
     preempted: bool = False
+    task_accuracy: Sequence[TaskAccuracy] = ()  # config.eval.tasks, when scored at the end
 
     def text(self) -> str:
         if self.preempted:
@@ -46,8 +60,59 @@ class Report:
             f"  metrics           {self.metrics_path} (+ tensorboard/)",
             "  sample:",
             "    " + self.sample.replace("\n", "\n    "),
+            *(task.line() for task in self.task_accuracy),
             "=" * 72,
         ])
+
+
+def eval_task_names(eval_config) -> list[str]:
+    return [name.strip() for name in eval_config.tasks.split(",") if name.strip()]
+
+
+def final_fewshot_hook(engine, tokenizer, eval_config):
+    """suite.loop_hook at eval.final_num_fewshot = K shots, its metrics renamed
+    '{task}/{K}shot/acc' (and acc_norm) so they sit beside the in-loop '{task}/acc'."""
+    from fmjax.evals import suite
+    shots = eval_config.final_num_fewshot
+    fewshot_config = eval_config.copy_and_resolve_references()
+    fewshot_config.num_fewshot = shots
+    score = suite.loop_hook(engine, tokenizer, fewshot_config)
+
+    def hook(step, state, ctx):
+        return {f"{key.rsplit('/', 1)[0]}/{shots}shot/{key.rsplit('/', 1)[1]}": value
+                for key, value in score(step, state, ctx).items()}
+    return hook
+
+
+def add_eval_task_hooks(plan: loop.Plan, engine, tokenizer, eval_config) -> None:
+    """config.eval.tasks in the loop every eval.every steps and after the last, at
+    eval.num_fewshot shots; with eval.final_num_fewshot = K, once more after the last step at
+    K shots."""
+    if not eval_task_names(eval_config):
+        return
+    from fmjax.evals import suite
+    plan.add_hook(suite.loop_hook(engine, tokenizer, eval_config), every=eval_config.every)
+    if eval_config.final_num_fewshot:
+        plan.add_hook(final_fewshot_hook(engine, tokenizer, eval_config), every=0)
+
+
+def task_accuracy(eval_config, metrics: dict) -> list[TaskAccuracy]:
+    """The accuracies of eval.tasks in the last evaluation's `metrics` (none if not scored)."""
+    from fmjax import evals
+    out = []
+    for name in eval_task_names(eval_config):
+        by_shots = {eval_config.num_fewshot: metrics.get(f"{name}/acc"),
+                    eval_config.final_num_fewshot: metrics.get(
+                        f"{name}/{eval_config.final_num_fewshot}shot/acc")}
+        by_shots = {k: v for k, v in by_shots.items() if v is not None}
+        if not by_shots:
+            continue
+        task = evals.get(name)
+        examples = task.load(task.eval_split)
+        examples = examples[:eval_config.limit] if eval_config.limit else examples
+        chance = sum(1 / len(ex.choices) for ex in examples) / len(examples)
+        out.append(TaskAccuracy(name, by_shots, chance, len(examples)))
+    return out
 
 
 def train(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
@@ -83,9 +148,7 @@ def train(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
     plan.add_hook(lambda step, state, ctx: eval_loss.evaluate(engine, state.params, eval_batches,
                                                               ctx.abandon),
                   every=tr.eval_every, at_start=tr.eval_every > 0)
-    if config.eval.tasks:
-        from fmjax.evals import suite
-        plan.add_hook(suite.loop_hook(engine, tokenizer, config.eval), every=config.eval.every)
+    add_eval_task_hooks(plan, engine, tokenizer, config.eval)
     plan.hooks.extend(hooks)
     if jax.process_index() == 0:
         print(f"model {engine.model_config.family}: {num_params:,} parameters; mesh "
@@ -121,4 +184,5 @@ def train(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
                   mfu_convention=f"{flop_count} over {result.peak_desc}",
                   num_params=num_params, checkpoint_dir=checkpoint.checkpoint_dir(workdir),
                   metrics_path=os.path.join(workdir, "metrics.jsonl"), sample=sample,
-                  preempted=result.preempted)
+                  preempted=result.preempted,
+                  task_accuracy=task_accuracy(config.eval, result.eval_metrics))
