@@ -41,13 +41,15 @@ def byte_level_bpe(vocab_size: int, specials: tuple[str, ...], texts=None):
     return tok
 
 
-def _randomize(model, seed: int):
+def randomize(model, seed: int):
+    """`model` (eval mode) with every weight N(0, 0.2), norm scales 1 + N(0, 0.2)."""
     import torch
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = 0.2 * torch.randn(p.shape, generator=gen)
-            is_norm = p.ndim == 1 and ("ln_" in name or "norm" in name) and name.endswith("weight")
+            is_norm = (p.ndim == 1 and ("ln_" in name or "norm" in name.lower())
+                       and name.endswith("weight"))
             p.copy_(1 + noise if is_norm else noise)
     return model.eval()
 
@@ -63,7 +65,7 @@ def save_gpt2(directory: str, *, vocab_size: int = 512, n_layer: int = 2, n_embd
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         vocab_size=tok.get_vocab_size(), n_positions=n_positions, n_embd=n_embd,
         n_layer=n_layer, n_head=n_head, bos_token_id=eot, eos_token_id=eot))
-    _randomize(model, seed).save_pretrained(directory)
+    randomize(model, seed).save_pretrained(directory)
     transformers.GPT2TokenizerFast(tokenizer_object=tok, bos_token=GPT2_SPECIALS[0],
                                    eos_token=GPT2_SPECIALS[0], unk_token=GPT2_SPECIALS[0]
                                    ).save_pretrained(directory)
@@ -86,7 +88,7 @@ def save_llama(directory: str, *, vocab_size: int = 512, layers: int = 2, hidden
         vocab_size=tok.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
         max_position_embeddings=max_positions, bos_token_id=bos, eos_token_id=eos))
-    _randomize(model, seed).save_pretrained(directory)
+    randomize(model, seed).save_pretrained(directory)
     transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=LLAMA_SPECIALS[0],
                                          eos_token=LLAMA_SPECIALS[1]).save_pretrained(directory)
     return directory
@@ -117,7 +119,7 @@ def save_bert(directory: str, *, vocab_size: int = 512, layers: int = 2, hidden:
         vocab_size=tok.get_vocab_size(), hidden_size=hidden, num_hidden_layers=layers,
         num_attention_heads=heads, intermediate_size=2 * hidden,
         max_position_embeddings=max_positions, pad_token_id=tok.token_to_id("[PAD]")))
-    _randomize(model, seed).save_pretrained(directory)
+    randomize(model, seed).save_pretrained(directory)
     transformers.BertTokenizerFast(tokenizer_object=tok, **dict(zip(
         ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"), BERT_SPECIALS))
     ).save_pretrained(directory)

@@ -23,7 +23,7 @@ from fmjax.training import checkpoint, finetune_stage as finetuner, integrity
 from fmjax import config as config_lib  # noqa: E402
 from fmjax import models
 from fmjax.generation import sampling  # noqa: E402
-from fmjax.hf import conversion, mapping  # noqa: E402
+from fmjax.hf import conversion, mapping, tiny_models  # noqa: E402
 from fmjax.hf.safetensors_io import HFDir, TensorSpec, write_model  # noqa: E402
 from tests.e2e.test_train_cli import cli as _cli  # noqa: E402
 
@@ -55,14 +55,7 @@ def hf_model(case: str, seed: int = 0, vocab: int = VOCAB):
     config_cls = getattr(transformers, cls_name.replace("LMHeadModel", "Config")
                          .replace("ForCausalLM", "Config"))
     torch.manual_seed(seed)
-    model = cls(config_cls(**{**kwargs, "vocab_size": vocab}))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = 0.2 * torch.randn(p.shape, generator=gen)
-            is_norm = p.ndim == 1 and ("ln_" in name or "norm" in name) and name.endswith("weight")
-            p.copy_(1 + noise if is_norm else noise)
-    return model.eval()
+    return tiny_models.randomize(cls(config_cls(**{**kwargs, "vocab_size": vocab})), seed)
 
 
 @pytest.fixture(scope="module")

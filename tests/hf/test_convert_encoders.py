@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 from fmjax.training import checkpoint
 from fmjax import config as config_lib, models  # noqa: E402
 from fmjax.data.sp_tokenizer import Tokenizer  # noqa: E402
-from fmjax.hf import conversion, mapping  # noqa: E402
+from fmjax.hf import conversion, mapping, tiny_models  # noqa: E402
 from fmjax.hf.safetensors_io import HFDir, TensorSpec, write_model  # noqa: E402
 from tests.hf.test_convert_decoders import (QUIET, _cli, _mutated, _swap, _train_tokenizer,  # noqa: E402
                                 _transposed, fmjax_model, import_edited)
@@ -48,12 +48,7 @@ def hf_model(case: str, seed: int = 0):
     model = getattr(transformers, cls_name)(getattr(transformers, config_name)(**kwargs))
     if case == "t5_1_1":
         model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.lm_head.weight))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = 0.2 * torch.randn(p.shape, generator=gen)
-            p.copy_(1 + noise if "norm.weight" in name.lower() else noise)
-    return model.eval()
+    return tiny_models.randomize(model, seed)
 
 
 def _rewrite(directory, edit):
