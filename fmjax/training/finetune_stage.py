@@ -22,6 +22,7 @@ import jax
 from fmjax import config as config_lib, mesh as mesh_lib, models, tasks
 from fmjax.data import tokenizer_files
 from fmjax.nn import lora
+from fmjax.quantization import guard as quantization_guard
 from fmjax.tasks import scores
 from fmjax.training import checkpoint, engine as engine_lib, loop
 from fmjax.training import workdir as workdir_lib
@@ -188,6 +189,11 @@ def finetune(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
             f"config.init_from = {config.init_from!r}: {e}; set --config.init_from to a "
             "pretraining workdir, one of its checkpoints/STEP dirs, or an export") from None
     saved, tokenizer_bytes = checkpoint.read_source(source)
+    quantization_guard.refuse(
+        saved, path=config.init_from, field="config.init_from", tool="fine-tuning",
+        fix="fmjax has no quantization-aware training yet, so fine-tuning starts from float "
+        "weights: set --config.init_from to the float checkpoint ({source}), and quantize the "
+        "fine-tuned result with python -m fmjax.quantize")
     has_tokenizer = bool(tokenizer_bytes)
     if not has_tokenizer:
         tokenizer_bytes = own_tokenizer_bytes(config, source)
