@@ -27,7 +27,8 @@ MESH = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"
 RUN = [*TINY, *MESH, f"--config.train.steps={STEPS}", "--config.train.log_every=1",
        "--config.train.eval_every=0", "--config.train.eval_batches=2",
        "--config.train.checkpoint_every=3", "--config.data.ledger=True",
-       "--config.train.sample_tokens=4"]
+       "--config.train.sample_tokens=4",
+       "--config.eval.tasks="]  # configs/default.py scores stdlib_next_line: not what this checks
 
 
 def launcher_env(xla_flags=FAST_COMPILE_XLA_FLAGS):

@@ -26,6 +26,8 @@ def test_notebook_executes(name, full_run, finetune_run, monkeypatch):
     assert "saved" in outputs
     if name == "loss_curves.ipynb":
         assert os.path.exists(os.path.join(workdir, "loss_curves.png"))
+        assert os.path.exists(os.path.join(workdir, "accuracy.png"))  # eval tasks in the run
+        assert "stdlib_next_line acc  0-shot" in outputs
     if name == "quickstart.ipynb":
         assert "--- sample from step 60 ---" in outputs and "saved fine-tune plot" in outputs
         assert os.path.exists(os.path.join(workdir, "quickstart_curves.png"))

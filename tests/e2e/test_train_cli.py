@@ -2,6 +2,7 @@
 loss, writes checkpoints, metrics and TensorBoard events; a restart resumes exactly."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -48,6 +49,20 @@ def test_training_lowers_validation_loss_and_reports(full_run):
     assert 0 < train_rows[-1]["mfu"] < 1
     for line in ("validation loss", "perplexity", "tokens/s", "MFU", "checkpoints", "sample:"):
         assert line in out
+
+
+def test_report_ends_with_zero_and_few_shot_accuracy_of_the_embedded_task(full_run):
+    # configs/default.py scores stdlib_next_line in the loop (0-shot) and 3-shot at the end
+    workdir, out = full_run
+    lines = out.rstrip().splitlines()
+    assert lines[-1] == "=" * 72
+    assert re.fullmatch(r"  stdlib_next_line acc  0-shot [01]\.\d\d  3-shot [01]\.\d\d  "
+                        r"\(chance 0\.25, n=200\)", lines[-2]), lines[-2]
+    scored = [r for r in metrics(workdir) if "stdlib_next_line/acc" in r]
+    assert [r["step"] for r in scored] == [60]  # eval.every = 80 > 60 steps: at the end only
+    for key in ("acc", "acc_norm", "3shot/acc", "3shot/acc_norm"):
+        assert 0 <= scored[-1][f"stdlib_next_line/{key}"] <= 1
+    assert f"0-shot {scored[-1]['stdlib_next_line/acc']:.2f}" in lines[-2]
 
 
 def test_run_writes_config_checkpoints_tensorboard(full_run):
