@@ -25,6 +25,7 @@ import dataclasses
 import functools
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from fmjax.nn import attention, layers
@@ -52,23 +53,39 @@ class T5Stack(nn.Module):
 
     @nn.compact
     def __call__(self, x_BTD, segment_ids_BT, positions_BT, encoded_BSD=None,
-                 encoder_segment_ids_BS=None, *, deterministic=True):
+                 encoder_segment_ids_BS=None, *, deterministic=True, decode=False):
         cfg = self.cfg
         drop = nn.Dropout(cfg.dropout, deterministic=deterministic)
         x_BTD = layers.constrain(drop(x_BTD), "batch", "length", "embed")
-        bias_BHTT = attention.RelativePositionBias(
+        key_positions_BS = self._key_positions(positions_BT) if decode else positions_BT
+        bias_BHTS = attention.RelativePositionBias(
             n_heads=cfg.n_heads, bidirectional=not self.decoder, num_buckets=cfg.relative_buckets,
             max_distance=cfg.relative_max_distance, init_std=cfg.init_std * cfg.d_model ** -0.5,
-            param_dtype=jnp.dtype(cfg.param_dtype), name="rel_bias")(positions_BT, positions_BT)
-        inputs = (segment_ids_BT, positions_BT, None, bias_BHTT)
+            param_dtype=jnp.dtype(cfg.param_dtype), name="rel_bias")(positions_BT,
+                                                                     key_positions_BS)
+        inputs = (segment_ids_BT, positions_BT, None, bias_BHTS)
         if self.decoder:
             inputs += (encoded_BSD, encoder_segment_ids_BS)
         n_layers = cfg.n_decoder_layers if self.decoder else cfg.n_layers
         x_BTD = stack(cfg, self.spec.block_spec(self.decoder), n_layers, x_BTD, *inputs,
-                      deterministic=deterministic)
+                      decode=decode, deterministic=deterministic)
         x_BTD = layers.RMSNorm(eps=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype),
                                param_dtype=jnp.dtype(cfg.param_dtype), name="final_norm")(x_BTD)
         return drop(x_BTD)
+
+    def _key_positions(self, positions_BT):
+        """Decoding: the positions of every slot of the self-attention KV cache [B, L] (this
+        call's written at the cache index, as Attention._update_cache writes its keys), for
+        the relative-position bias of this call's queries against the whole cache."""
+        is_init = not self.has_variable("cache", "key_positions")
+        cached = self.variable("cache", "key_positions", jnp.zeros, positions_BT.shape, jnp.int32)
+        index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+        if is_init:
+            return positions_BT
+        cached.value = jax.lax.dynamic_update_slice(
+            cached.value, positions_BT.astype(jnp.int32), (0, index.value))
+        index.value = index.value + positions_BT.shape[1]
+        return cached.value
 
 
 def _defaults(tokens_BT, segment_ids_BT, positions_BT):
@@ -87,7 +104,13 @@ class T5(nn.Module):
     return_features: the decoder's final-normed output [B, T, D]; return_pooled: the mean of
     the encoder output over real (segment > 0) tokens [B, D] (float32; the decoder is only
     run when initialising, to declare its params); return_hidden (tied only): (decoder output
-    scaled by d_model**-0.5, embedding table), for the fused output-layer loss."""
+    scaled by d_model**-0.5, embedding table), for the fused output-layer loss.
+
+    decode (generation with a KV cache, fmjax/generation/decoding.py): the decoder's
+    self-attention keys/values go to the "cache" collection (created by an init call with
+    decoder tokens [B, max new tokens]); the first decode call runs the encoder and caches
+    every layer's cross-attention keys/values, later calls pass encoder_tokens_BS = None (the
+    encoder does not run again) and one decoder token per row."""
     cfg: object
     spec: T5Spec
 
@@ -101,15 +124,21 @@ class T5(nn.Module):
     def __call__(self, encoder_tokens_BS, decoder_tokens_BT=None, encoder_segment_ids_BS=None,
                  decoder_segment_ids_BT=None, encoder_positions_BS=None, decoder_positions_BT=None,
                  *, deterministic=True, return_features=False, return_pooled=False,
-                 return_hidden=False):
+                 return_hidden=False, decode=False):
         cfg = self.cfg
         dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        enc_seg_BS, enc_pos_BS = _defaults(encoder_tokens_BS, encoder_segment_ids_BS,
-                                           encoder_positions_BS)
         embed = layers.Embed(cfg.padded_vocab_size, cfg.d_model, init_std=cfg.init_std,
                              dtype=dtype, param_dtype=param_dtype, name="embed")
-        encoded_BSD = T5Stack(cfg, self.spec, decoder=False, name="encoder")(
-            embed(encoder_tokens_BS), enc_seg_BS, enc_pos_BS, deterministic=deterministic)
+        if encoder_tokens_BS is None:  # a decode step: cross-attention reads the cache
+            if not decode or decoder_tokens_BT is None:
+                raise ValueError("encoder_tokens_BS = None needs decode=True and decoder tokens "
+                                 "(a decoding step after the first); pass the encoder tokens")
+            encoded_BSD = enc_seg_BS = None
+        else:
+            enc_seg_BS, enc_pos_BS = _defaults(encoder_tokens_BS, encoder_segment_ids_BS,
+                                               encoder_positions_BS)
+            encoded_BSD = T5Stack(cfg, self.spec, decoder=False, name="encoder")(
+                embed(encoder_tokens_BS), enc_seg_BS, enc_pos_BS, deterministic=deterministic)
         decoder = T5Stack(cfg, self.spec, decoder=True, name="decoder")
         lm_head = None if cfg.tie_embeddings else layers.Dense(
             (cfg.padded_vocab_size,), ("embed",), ("vocab",), init_std=cfg.init_std, dtype=dtype,
@@ -124,7 +153,7 @@ class T5(nn.Module):
 
         def run_decoder():
             return decoder(embed(decoder_tokens_BT), dec_seg_BT, dec_pos_BT, encoded_BSD,
-                           enc_seg_BS, deterministic=deterministic)
+                           enc_seg_BS, deterministic=deterministic, decode=decode)
 
         if return_pooled:
             if self.is_initializing():  # declare the decoder and lm_head: one tree in every mode

@@ -55,7 +55,8 @@ class Block(nn.Module):
     x + drop(f(norm(x))) (pre-norm) or norm(x + drop(f(x))) (post-norm).
 
     Inputs after x: segment ids and positions [B, T], then optional (None) prefix mask [B, T],
-    self-attention logits bias [B, H, T, T], encoder output [B, S, D] and its segment ids."""
+    self-attention logits bias [B, H, T, T], encoder output [B, S, D] and its segment ids
+    (decoding: None after the first call, cross-attention then reads its cached keys)."""
     cfg: object  # resolved config.model (models.ModelConfig)
     spec: BlockSpec
     n_layers: int  # blocks in this stack (for the gpt2 init)
@@ -77,14 +78,15 @@ class Block(nn.Module):
         stds = init_stds(cfg, spec, self.n_layers)
         drop = nn.Dropout(cfg.dropout, deterministic=self.deterministic)
 
-        def attention(name, causal):
+        def attention(name, causal, cross=False):
             return attention_lib.Attention(
                 n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
                 use_bias=spec.use_bias, use_rope=spec.use_rope, rope_theta=cfg.rope_theta,
                 dropout=cfg.dropout, init_std=stds["kv"], out_init_std=stds["attn_out"],
                 implementation=cfg.attention_impl, dtype=dtype, param_dtype=param_dtype,
                 causal=causal, scale=spec.attention_scale,
-                query_init_std=None if stds["query"] == stds["kv"] else stds["query"], name=name)
+                query_init_std=None if stds["query"] == stds["kv"] else stds["query"],
+                cross=cross, name=name)
 
         self_attn = attention("attn", spec.causal)
         x_BTD = self._sublayer(x_BTD, "attn", lambda h: self_attn(
@@ -93,9 +95,10 @@ class Block(nn.Module):
         x_BTD = layers.constrain(x_BTD, "batch", "length", "embed")
 
         if spec.cross_attention:
-            cross_attn = attention("cross_attn", False)
+            cross_attn = attention("cross_attn", False, cross=True)
             x_BTD = self._sublayer(x_BTD, "cross_attn", lambda h: cross_attn(
-                h, segment_ids_BT, positions_BT, deterministic=self.deterministic,
+                h, segment_ids_BT, positions_BT, decode=self.decode,
+                deterministic=self.deterministic,
                 kv_BSD=encoded_BSD, kv_segment_ids_BS=encoder_segment_ids_BS), drop)
             x_BTD = layers.constrain(x_BTD, "batch", "length", "embed")
 

@@ -166,6 +166,7 @@ class Attention(nn.Module):
     causal: bool = True  # self-attention masks later keys (False: bidirectional encoder)
     scale: float | None = None  # logits = scale * q.k (+ bias); None = 1/sqrt(head_dim)
     query_init_std: float | None = None  # query kernel init std; None = init_std (T5 differs)
+    cross: bool = False  # cross-attention (also implied by kv_BSD); decoding may omit kv_BSD
 
     def _proj(self, name, heads, head_axis):
         std = self.init_std
@@ -201,13 +202,18 @@ class Attention(nn.Module):
         """x [B, T, D] -> [B, T, D]. prefix_mask_BT: nonzero on each segment's bidirectional
         prefix (causal self-attention only). bias_BHTS: added to the logits. kv_BSD (with
         kv_segment_ids_BS): cross-attention, keys and values from kv_BSD, a query sees the
-        real keys of its own segment id."""
-        cross = kv_BSD is not None
+        real keys of its own segment id. Cross-attention with `decode`: the keys and values of
+        kv_BSD are computed once and cached (`cross_key`, `cross_value`, `cross_segment_ids`);
+        later decode calls pass kv_BSD = None and read them from the cache."""
+        cross = self.cross or kv_BSD is not None
         qkv_BTH3K = None
         if cross:
             q_BTHK = self._proj("query", self.n_heads, "heads")(x_BTD)
-            k_BTGK = self._proj("key", self.n_kv_heads, "kv_heads")(kv_BSD)
-            v_BTGK = self._proj("value", self.n_kv_heads, "kv_heads")(kv_BSD)
+            if decode:
+                k_BTGK, v_BTGK, kv_segment_ids_BS = self._cross_cache(kv_BSD, kv_segment_ids_BS)
+            else:
+                k_BTGK = self._proj("key", self.n_kv_heads, "kv_heads")(kv_BSD)
+                v_BTGK = self._proj("value", self.n_kv_heads, "kv_heads")(kv_BSD)
         else:
             q_BTHK, k_BTGK, v_BTGK, qkv_BTH3K = self._qkv(x_BTD)
         q_BTHK = checkpoint_name(q_BTHK, "query_proj")
@@ -331,6 +337,27 @@ class Attention(nn.Module):
         probs_BHTS = jax.nn.softmax(logits_BHTS, axis=-1)
         probs_BHTS = nn.Dropout(self.dropout)(probs_BHTS, deterministic=False)
         return jnp.einsum("bhts,bshk->bthk", probs_BHTS.astype(v_BSHK.dtype), v_BSHK)
+
+    def _cross_cache(self, kv_BSD, kv_segment_ids_BS):
+        """Cross-attention keys, values and key segment ids while decoding: projected from
+        kv_BSD and written to the cache when it is given (the first decode call), else read
+        from the cache (every later step: the encoder output does not change)."""
+        if kv_BSD is None:
+            if not self.has_variable("cache", "cross_key"):
+                raise ValueError("cross-attention decoding without kv_BSD reads the cached "
+                                 "keys, but the cache has none; pass the encoder output on "
+                                 "the first decode call")
+            return (self.get_variable("cache", "cross_key"),
+                    self.get_variable("cache", "cross_value"),
+                    self.get_variable("cache", "cross_segment_ids"))
+        k_BSGK = self._proj("key", self.n_kv_heads, "kv_heads")(kv_BSD)
+        v_BSGK = self._proj("value", self.n_kv_heads, "kv_heads")(kv_BSD)
+        if kv_segment_ids_BS is None:
+            kv_segment_ids_BS = jnp.ones(kv_BSD.shape[:2], jnp.int32)
+        for name, value in (("cross_key", k_BSGK), ("cross_value", v_BSGK),
+                            ("cross_segment_ids", kv_segment_ids_BS.astype(jnp.int32))):
+            self.put_variable("cache", name, value)
+        return k_BSGK, v_BSGK, kv_segment_ids_BS
 
     def _update_cache(self, k_BTGK, v_BTGK, segment_ids_BT, positions_BT):
         """Writes this call's keys/values at the cache index and returns the whole cache (keys,
