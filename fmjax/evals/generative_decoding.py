@@ -27,20 +27,9 @@ import numpy as np
 
 from fmjax import models
 from fmjax.generation import sampling
+from fmjax.generation.texts import stop_table
 
 MIN_WIDTH = 16
-
-
-def stop_table(tokenizer, vocab_size: int, until: Sequence[str]) -> np.ndarray:
-    """bool [vocab_size]: eos, and every token whose text contains a stop string."""
-    table = np.zeros(vocab_size, bool)
-    stops = [s for s in until if s]
-    for token in range(min(vocab_size, tokenizer.vocab_size)):
-        text = tokenizer.decode([token])
-        table[token] = any(s in text for s in stops)
-    if 0 <= tokenizer.eos_id < vocab_size:
-        table[tokenizer.eos_id] = True
-    return table
 
 
 def width(longest: int, cap: int) -> int:

@@ -1,7 +1,9 @@
-"""fmjax's encoder-decoder generation (fmjax/generation/sampling.py generate_encoder_decoder, fmjax.generate)
-on tiny random Hugging Face T5 v1.0 / v1.1 models imported with fmjax.hf: greedy decodes equal
-transformers' `generate` token for token (early stop at eos and padding after it included), the
-sampling options behave, and the CLI prints the text HF's tokens decode to."""
+"""fmjax's encoder-decoder generation (the KV-cached program of fmjax/generation/decoding.py
+through sampling.generate_encoder_decoder, server.Generator and fmjax.generate) on tiny random
+Hugging Face T5 v1.0 / v1.1 models imported with fmjax.hf: greedy decodes equal transformers'
+`generate` token for token (early stop at eos and padding after it included; prompts of
+different lengths in one right-padded batch), the sampling options behave, and the CLI prints
+the text HF's tokens decode to."""
 import functools
 import os
 
@@ -76,6 +78,37 @@ def test_sampling_options(imported):  # noqa: F811
         ours(model, params, encoder, eos_id=-1, temperature=1.0, seed=1), sampled)
     nucleus = ours(model, params, encoder, eos_id=-1, temperature=1.0, top_p=1e-6, seed=5)
     np.testing.assert_array_equal(nucleus, greedy)  # the nucleus is the top token alone
+
+
+@pytest.mark.parametrize("case", ["t5", "t5_1_1"])
+def test_generator_batches_prompts_of_different_lengths_as_transformers(hf_dirs, imported,  # noqa: F811
+                                                                        case, tmp_path):
+    """Generator (encoder run once, decoder self- and cross-attention cached): prompts of
+    different lengths right-padded in one batch, each equal to HF's greedy `generate` on the
+    prompt alone, cut before eos."""
+    import shutil
+    from fmjax.generation import server
+    from fmjax.hf.conversion import import_hf
+    from tests.hf.test_convert_decoders import QUIET
+    directory, hf = hf_dirs[case]
+    if case == "t5":
+        ckpt = imported(case)[1]
+    else:  # the t5_1_1 directory has no SentencePiece: a copy with the t5 one
+        shutil.copytree(directory, tmp_path / "hf")
+        shutil.copy(os.path.join(hf_dirs["t5"][0], "spiece.model"), tmp_path / "hf")
+        ckpt = str(tmp_path / "ckpt")
+        import_hf("t5_1_1", str(tmp_path / "hf"), ckpt, **QUIET)
+    generator = server.Generator.load(ckpt, max_batch=4)
+    prompts = ["def wrap(text, width=70):", "import os", "x"]
+    rows = [generator.tokenizer.encode(p) + [1] for p in prompts]
+    assert len({len(r) for r in rows}) == 3
+    ours = generator.generate(prompts, max_new_tokens=MAX_NEW)
+    for (completion,), row in zip(ours, rows):
+        want = theirs(hf, np.asarray([row]))[0].tolist()
+        want = want[:want.index(1)] if 1 in want else want
+        assert list(completion.token_ids) == want
+        assert completion.finish_reason == ("length" if len(want) == MAX_NEW else "stop")
+    assert sum(len(c.token_ids) for (c,) in ours) >= 6
 
 
 @pytest.mark.slow
