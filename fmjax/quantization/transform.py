@@ -34,7 +34,8 @@ class Layout:
     names: tuple[str | None, ...]  # logical axis names of the stored leaf
 
 
-def _key(path) -> str:
+def leaf_key(path) -> str:
+    """A params leaf's key path as "layers/attn/query/kernel"."""
     return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
@@ -47,7 +48,7 @@ def layouts(model, seq_len: int, mesh) -> tuple[dict[str, Layout], Any]:
     model's boxed abstract float params), from one abstract init (nothing allocated)."""
     with mesh_lib.activate(mesh), weights.record_layouts() as uses:
         _, boxed = state_lib.abstract_params(model, seq_len)
-    leaves = {_key(p): leaf for p, leaf in
+    leaves = {leaf_key(p): leaf for p, leaf in
               jax.tree_util.tree_flatten_with_path(boxed, is_leaf=_is_box)[0]}
     out = {}
     for use in uses:
@@ -104,17 +105,18 @@ def quantize_leaf(w, layout: Layout, scheme: Scheme, group_size: int):
     return qa.qvalue, qa.scale
 
 
-def _set(tree: dict, key: str, value) -> None:
+def set_leaf(tree: dict, key: str, value) -> None:
+    """tree[a][b][c] = value for key "a/b/c" (nested dicts)."""
     *parents, name = key.split("/")
     for p in parents:
         tree = tree[p]
     tree[name] = value
 
 
-def _mutable(tree):
+def mutable(tree):
     """A nested plain dict of any nested mapping (FrozenDict, dict); leaves (arrays, boxes) kept."""
     if isinstance(tree, Mapping):
-        return {k: _mutable(v) for k, v in tree.items()}
+        return {k: mutable(v) for k, v in tree.items()}
     return tree
 
 
@@ -122,32 +124,33 @@ def quantize_params(params, layouts_: dict[str, Layout], scheme: Scheme, group_s
     """The params (a nested dict of float arrays) with every leaf in `layouts_` replaced by its
     integers and a sibling NAME_scale (see the module docstring). Runs where the leaves are."""
     check(layouts_, scheme, group_size)
-    out = _mutable(params)
-    flat = {_key(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    out = mutable(params)
+    flat = {leaf_key(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
     for key, layout in layouts_.items():
         w = flat[key]
         if tuple(w.shape) != layout.shape:
             raise ValueError(f"params {key} is {w.shape}; the model expects {layout.shape}")
         q, scale = jax.jit(quantize_leaf, static_argnums=(1, 2, 3))(w, layout, scheme, group_size)
-        _set(out, key, q)
-        _set(out, key + weights.SCALE_SUFFIX, scale)
+        set_leaf(out, key, q)
+        set_leaf(out, key + weights.SCALE_SUFFIX, scale)
     return out
 
 
 def abstract_quantized(boxed, layouts_: dict[str, Layout], scheme: Scheme, group_size: int):
     """The boxed abstract params of the quantized model: `boxed` (the float model's, from
     `layouts`) with each quantized leaf's dtype changed and its scale added beside it."""
-    out = _mutable(boxed)
+    out = mutable(boxed)
     for key, layout in layouts_.items():
-        leaf = _get(out, key)
+        leaf = get_leaf(out, key)
         q = jax.ShapeDtypeStruct(layout.shape, jnp.dtype(scheme.qtype))
-        _set(out, key, leaf.replace_boxed(q) if _is_box(leaf) else q)
+        set_leaf(out, key, leaf.replace_boxed(q) if _is_box(leaf) else q)
         scale = jax.ShapeDtypeStruct(scale_shape(layout, scheme, group_size), jnp.float32)
-        _set(out, key + weights.SCALE_SUFFIX, nn.LogicallyPartitioned(scale, scale_names(layout)))
+        set_leaf(out, key + weights.SCALE_SUFFIX, nn.LogicallyPartitioned(scale, scale_names(layout)))
     return out
 
 
-def _get(tree, key: str):
+def get_leaf(tree, key: str):
+    """tree[a][b][c] for key "a/b/c"."""
     for p in key.split("/"):
         tree = tree[p]
     return tree

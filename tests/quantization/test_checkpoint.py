@@ -20,7 +20,7 @@ from fmjax.training import checkpoint
 
 
 def flat(tree):
-    return {transform._key(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {transform.leaf_key(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def stored(path):

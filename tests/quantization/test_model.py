@@ -34,10 +34,10 @@ def build(family, **model):
 def dequantized(qparams, layouts):
     """The float params a reference model gets: each weight = its integers x scales, computed
     outside the model."""
-    out = transform._mutable(qparams)
+    out = transform.mutable(qparams)
     for key in layouts:
         parent, name = key.rsplit("/", 1) if "/" in key else ("", key)
-        node = transform._get(out, parent) if parent else out
+        node = transform.get_leaf(out, parent) if parent else out
         node[name] = weights.dequantize(node[name], node.pop(name + weights.SCALE_SUFFIX))
     return out
 
@@ -59,7 +59,7 @@ def test_logits_equal_dequantize_then_matmul_and_close_to_float(family, model_kw
 
 def test_every_dense_kernel_and_embedding_is_quantized():
     _, _, params, layouts, _ = build("llama", scan_layers=False)
-    matrices = {transform._key(p) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
+    matrices = {transform.leaf_key(p) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
                 if x.ndim >= 2}
     assert set(layouts) == matrices  # llama: every matrix is a Dense kernel or the embedding
     assert layouts["layer_0/attn/out/kernel"].contract_axes == (0, 1)  # [H, K, D]
