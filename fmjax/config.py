@@ -140,6 +140,14 @@ def base_config() -> ml_collections.ConfigDict:
     lr.alpha = 16.0  # adapter scale is alpha / rank
     lr.targets = "query,key,value,out,up,gate,down"  # Dense module names whose kernels get adapters
 
+    c.prune = pr = ml_collections.ConfigDict()  # finetune: gradual pruning (fmjax/pruning/)
+    pr.target_sparsity = 0.0  # fraction of each block kernel's weights zeroed from end_step on; 0 = off (one-shot: python -m fmjax.prune)
+    pr.pattern = "unstructured"  # unstructured (exactly target_sparsity of each matrix) | N:M, e.g. 2:4 (N of every M kept along the contraction axis, all at end_step; target_sparsity = 1 - N/M)
+    pr.method = "magnitude"  # registered weight score (fmjax/pruning/methods/): magnitude | random; the lowest-scoring weights are zeroed
+    pr.start_step = 0  # step where the ramp starts from sparsity 0 (cubic, Zhu & Gupta 2017; fmjax/pruning/schedule.py)
+    pr.end_step = 1  # step whose weights first have target_sparsity (>= 1 and >= start_step; 1 = one-shot at the first update, then recovery)
+    pr.frequency = 10  # steps between mask updates from start_step to end_step
+
     c.mesh = ms = ml_collections.ConfigDict()
     ms.data = -1  # data-parallel axis size; -1 fills the devices left
     ms.fsdp = 1  # fully-sharded data-parallel axis size (params sharded over it)
@@ -304,7 +312,44 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
     for field in ("steps", "log_every"):
         if tr[field] <= 0:
             _fail(f"train.{field}", tr[field], "must be positive", f"set --config.train.{field}")
+    validate_prune(config.prune)
     return sizes
+
+
+def parse_pattern(pattern: str, field: str = "config.prune.pattern") -> tuple[int, int] | None:
+    """"unstructured" -> None; "N:M" -> (N, M) with 0 < N < M; anything else a ConfigError."""
+    if pattern == "unstructured":
+        return None
+    parts = pattern.split(":")
+    if len(parts) == 2 and all(p.isdigit() for p in parts) and 0 < int(parts[0]) < int(parts[1]):
+        return int(parts[0]), int(parts[1])
+    raise ConfigError(f"{field} = {pattern!r}: not a pruning pattern; use unstructured or N:M "
+                      "with 0 < N < M, e.g. 2:4")
+
+
+def validate_prune(pr) -> None:
+    """config.prune: sparsity in [0, 1), a known pattern (N:M fixes the sparsity at 1 - N/M),
+    0 <= start_step <= end_step, frequency >= 1."""
+    if not 0.0 <= pr.target_sparsity < 1.0:
+        _fail("prune.target_sparsity", pr.target_sparsity, "must be in [0, 1)",
+              "set --config.prune.target_sparsity=0.5, say (0 = no pruning)")
+    nm = parse_pattern(pr.pattern)
+    if pr.target_sparsity == 0.0:
+        return
+    if nm is not None and abs(pr.target_sparsity - (1 - nm[0] / nm[1])) > 1e-9:
+        _fail("prune.target_sparsity", pr.target_sparsity,
+              f"prune.pattern = {pr.pattern!r} keeps {nm[0]} of every {nm[1]} weights",
+              f"set --config.prune.target_sparsity={1 - nm[0] / nm[1]:g}")
+    if pr.start_step < 0:
+        _fail("prune.start_step", pr.start_step, "must be >= 0", "set --config.prune.start_step=0")
+    if pr.end_step < 1:
+        _fail("prune.end_step", pr.end_step, "must be >= 1 (step 0 is the loaded weights)",
+              "set --config.prune.end_step=1 to prune at the first update, or later to ramp")
+    if pr.end_step < pr.start_step:
+        _fail("prune.end_step", pr.end_step, f"is before prune.start_step = {pr.start_step}",
+              f"set --config.prune.end_step to at least {pr.start_step}")
+    if pr.frequency < 1:
+        _fail("prune.frequency", pr.frequency, "must be >= 1", "set --config.prune.frequency=10")
 
 
 def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:

@@ -23,6 +23,7 @@ from fmjax import config as config_lib, mesh as mesh_lib, models, tasks
 from fmjax.data import tokenizer_files
 from fmjax.nn import lora
 from fmjax.quantization import guard as quantization_guard
+from fmjax.pruning import hook as pruning
 from fmjax.tasks import scores
 from fmjax.training import checkpoint, engine as engine_lib, loop
 from fmjax.training import workdir as workdir_lib
@@ -144,11 +145,14 @@ class BestKeeper:
                 saved["tracker"], metric_name=config.task.select_metric)
             self.metrics = saved["metrics"]
         self.early_stopped = False
+        self.first_step = pruning.first_candidate_step(config)  # sparser models score worse
 
     def __call__(self, step: int, state, ctx) -> None:
         """A loop hook after the task's evaluation (`ctx.metrics`)."""
         metrics = ctx.metrics
         if self.tracker.best_step == step:  # a resumed run re-evaluates its restored step
+            return
+        if step < self.first_step:  # config.prune: not yet at the target sparsity
             return
         if self.tracker.update(step, metrics):
             self.metrics = dict(metrics)
@@ -213,6 +217,8 @@ def finetune(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
     task = tasks.get(config)(config, tokenizer)
     engine = engine_lib.build(config, mesh, model=task.model, model_config=task.model_config,
                               objective=task.objective, train_prefixes=task.head_prefixes)
+    engine = pruning.attach(config, engine)  # config.prune: masks in the optimizer state
+    pruning.check_resume(config, workdir)
     path = ((lora.MODEL_KEY,) if config.lora.rank > 0 else ()) + task.backbone_path
 
     def init_state():
@@ -231,6 +237,8 @@ def finetune(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
     plan.add_hook(lambda step, state, ctx: task.evaluate(engine, state.params, ctx.abandon),
                   every=every, at_start=every > 0)
     plan.add_hook(keeper, every=every, at_start=every > 0)  # after the evaluation: its metrics
+    if pruning.enabled(config):
+        plan.add_hook(pruning.sparsity_hook(engine), every=every, at_start=every > 0)
     if config.eval.tasks:
         if config.task.name != "lm":
             raise config_lib.ConfigError(

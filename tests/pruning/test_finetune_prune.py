@@ -1,0 +1,92 @@
+"""Gradual pruning through the fine-tune stage in-process (task lm on the stdlib corpus, from a
+tiny pretrained run): the sparsity reaches the target and is logged, the best checkpoint is
+chosen among steps at the target only, and a run killed (SIGTERM) mid-ramp and resumed ends
+bit for bit where an uninterrupted run does: params, optimizer state and masks."""
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from fmjax.pruning import masks
+from fmjax.training import checkpoint, finetune_stage, loop, pretrain_stage
+from tests.helpers import tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def tiny(data_dir, **train):
+    c = tiny_config()
+    c.model.vocab_size = 512
+    c.model.seq_len = 64
+    c.tokenizer.train_chars = 1_000_000
+    c.data.tfds_data_dir = data_dir
+    c.mesh.data = -1
+    c.train.update(dict(steps=2, log_every=1, eval_every=6, eval_batches=2, checkpoint_every=6,
+                        sample_tokens=4), **train)
+    return c
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, data_dir):
+    workdir = str(tmp_path_factory.mktemp("pretrained"))
+    pretrain_stage.train(tiny(data_dir), workdir)
+    return workdir
+
+
+def pruning_config(data_dir, pretrained):
+    c = tiny(data_dir, steps=12)
+    c.task.name = "lm"
+    c.init_from = pretrained
+    c.prune.update(target_sparsity=0.75, start_step=0, end_step=8, frequency=2)
+    return c
+
+
+def finetune(config, workdir, final):
+    """Runs the stage; `final` receives the host state at the last step."""
+    def keep(step, state, ctx):
+        final.append(jax.tree.map(np.asarray, jax.device_get(state)))
+    return finetune_stage.finetune(config, workdir, hooks=[loop.Hook(keep, every=0)])
+
+
+def rows(workdir):
+    return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def test_killed_mid_ramp_and_resumed_equals_uninterrupted(pretrained, data_dir, tmp_path,
+                                                          monkeypatch):
+    full, final = str(tmp_path / "full"), []
+    report = finetune(pruning_config(data_dir, pretrained), full, final)
+    evals = {r["step"]: r for r in rows(full) if "eval_loss" in r}
+    assert [evals[s]["sparsity"] for s in (0, 6, 12)] == [0.0, pytest.approx(0.75 * (1 - 0.25**3)),
+                                                           0.75]
+    assert report.best_step == 12  # the denser steps 0 and 6 scored better, and do not count
+    best, _, _ = checkpoint.read_params_to_host(os.path.join(full, "best"))
+    assert best["layers"]["mlp"]["up"]["kernel"].size * 0.75 == \
+        (best["layers"]["mlp"]["up"]["kernel"] == 0).sum()
+
+    original = checkpoint.save
+
+    def save_then_signal(manager, step, *args, **kwargs):
+        out = original(manager, step, *args, **kwargs)
+        if step == 6 and not os.environ.get("RESUMED"):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(checkpoint, "save", save_then_signal)
+    killed, again = str(tmp_path / "killed"), []
+    first = finetune(pruning_config(data_dir, pretrained), killed, again)
+    assert first.preempted and first.steps == 6 and not again
+    monkeypatch.setenv("RESUMED", "1")
+    finetune(pruning_config(data_dir, pretrained), killed, again)
+    losses = lambda w: {r["step"]: r["loss"] for r in rows(w) if "loss" in r}  # noqa: E731
+    assert losses(killed) == losses(full)
+    a, b = (jax.tree_util.tree_flatten_with_path(x[0])[0] for x in (again, final))
+    assert len(a) == len(b) and any("masks" in jax.tree_util.keystr(p) for p, _ in a)
+    for (path, x), (_, y) in zip(a, b):
+        assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), jax.tree_util.keystr(path)
+    zeros = masks.flat(again[0].params)
+    kept = masks.flat(again[0].opt_state.masks)
+    assert all((zeros[p][~kept[p]] == 0).all() for p in kept)
