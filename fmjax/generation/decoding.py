@@ -10,6 +10,10 @@ per (model, batch, prompt width, N) and never per request. Every random choice i
 fold_in(fold_in(fold_in(key, prompt index), sample index), step): a row's samples depend on
 the seed and its own indices only, not on the batch it was padded into.
 
+Each program is its kind's prefill (the prompt, or the encoder input, into an empty cache ->
+the first new token's logits) and step (one token per row -> the next logits), looped by
+decode_loop; fmjax.generation.stablehlo_export exports the same prefill and step functions.
+
 `PROGRAMS` maps a model family kind to its program; TRACES counts how often each program was
 traced (= compiled), for tests that check a serving loop does not recompile.
 """
@@ -149,72 +153,97 @@ def init_cache(model, *example_inputs, **kw):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes["cache"])
 
 
+def _last_logits(model, params, cache, *args, **kw):
+    """(logits of the call's last token [B, V], the updated cache): one decode=True call."""
+    logits_BTV, mutated = model.apply({"params": params, "cache": cache}, *args, decode=True,
+                                      mutable=["cache"], **kw)
+    return logits_BTV[:, -1], mutated["cache"]
+
+
+def decoder_prefill(model, params, cache, tokens_BP, segment_ids_BP, *, prefix_lm: bool = False):
+    """(logits_BV of each prompt's last token, the cache holding the prompts) for left-padded
+    prompts tokens_BP (segment_ids_BP: 1 on a prompt's tokens, 0 on its left padding, never
+    attended to; each prompt's positions start at 0 at its first token), into an empty cache
+    (init_cache) of at least P slots. The prompt but its last token fills the cache (its
+    logits are never computed: no [B, P, V] output), then the last token runs alone.
+    prefix_lm: the prompt is the bidirectional prefix, so it runs in one call."""
+    positions_BP = jnp.maximum(jnp.cumsum(segment_ids_BP, axis=1) - 1, 0)
+    if prefix_lm:
+        return _last_logits(model, params, cache, tokens_BP, segment_ids_BP, positions_BP,
+                            prefix_mask_BT=segment_ids_BP)
+    if tokens_BP.shape[1] > 1:
+        _, cache = _last_logits(model, params, cache, tokens_BP[:, :-1], segment_ids_BP[:, :-1],
+                                positions_BP[:, :-1])
+    return _last_logits(model, params, cache, tokens_BP[:, -1:], segment_ids_BP[:, -1:],
+                        positions_BP[:, -1:])
+
+
+def decoder_step(model, params, cache, token_B, position_B):
+    """(logits_BV, cache) after one token per row at position_B (the row's prompt length +
+    the new tokens before this one), written at the cache's next slot."""
+    return _last_logits(model, params, cache, token_B[:, None], jnp.ones_like(token_B)[:, None],
+                        position_B[:, None])
+
+
 @functools.partial(jax.jit, static_argnames=("model", "new_tokens", "prefix_lm", "pad_id"))
 def decoder_program(model, params, tokens_BP, segment_ids_BP, key, rows_B2, settings: Settings,
                     stop_V, max_new_B, *, new_tokens: int, prefix_lm: bool = False,
                     pad_id: int = 0):
-    """New tokens [B, new_tokens] after left-padded prompts tokens_BP (segment_ids_BP: 1 on a
-    prompt's tokens, 0 on its left padding, never attended to; each prompt's positions start
-    at 0 at its first token). The prompt but its last token fills the cache (its logits are
-    never computed: no [B, P, V] output); the last token is the first step. prefix_lm: the
-    prompt is the bidirectional prefix, so it runs in one call."""
+    """New tokens [B, new_tokens] after left-padded prompts tokens_BP (decoder_prefill, then
+    decoder_step per new token)."""
     TRACES["decoder"] += 1
     model, params = unrolled(model, params)
     b, p = tokens_BP.shape
     cache = init_cache(model, jnp.zeros((b, p + new_tokens), jnp.int32))
+    logits_BV, cache = decoder_prefill(model, params, cache, tokens_BP, segment_ids_BP,
+                                       prefix_lm=prefix_lm)
     lengths_B = jnp.sum(segment_ids_BP, axis=1)
-    positions_BP = jnp.maximum(jnp.cumsum(segment_ids_BP, axis=1) - 1, 0)
-
-    def apply(cache, tokens, segments, positions, **kw):
-        logits_BTV, mutated = model.apply({"params": params, "cache": cache}, tokens, segments,
-                                          positions, decode=True, mutable=["cache"], **kw)
-        return logits_BTV[:, -1], mutated["cache"]
-
-    if prefix_lm:
-        logits_BV, cache = apply(cache, tokens_BP, segment_ids_BP, positions_BP,
-                                 prefix_mask_BT=segment_ids_BP)
-    else:
-        if p > 1:
-            _, cache = apply(cache, tokens_BP[:, :-1], segment_ids_BP[:, :-1],
-                             positions_BP[:, :-1])
-        logits_BV, cache = apply(cache, tokens_BP[:, -1:], segment_ids_BP[:, -1:],
-                                 positions_BP[:, -1:])
 
     def step(cache, token_B, i):
-        return apply(cache, token_B[:, None], jnp.ones((b, 1), jnp.int32),
-                     (lengths_B + i)[:, None])
+        return decoder_step(model, params, cache, token_B, lengths_B + i)
 
     return decode_loop(step, cache, logits_BV, row_keys(key, rows_B2), settings, stop_V,
                        max_new_B, new_tokens, pad_id)
+
+
+def encoder_decoder_prefill(model, params, cache, encoder_BS, encoder_segment_ids_BS, *,
+                            start_id: int = 0):
+    """(logits_BV of the first decoder token, the cache) for right-padded encoder inputs
+    (segment ids 0 on padding), for models called as model.apply(vars, encoder_tokens,
+    decoder_tokens, encoder_segment_ids, decode=True) (models/t5.py): runs the encoder and
+    the start token (start_id; T5: 0) and caches every layer's cross-attention keys/values."""
+    start_B1 = jnp.full((encoder_BS.shape[0], 1), start_id, jnp.int32)
+    return _last_logits(model, params, cache, encoder_BS, start_B1, encoder_segment_ids_BS)
+
+
+def encoder_decoder_step(model, params, cache, token_B, position_B):
+    """(logits_BV, cache) after one decoder token per row at decoder position position_B
+    (new token i sits at i + 1: the start token is 0); no encoder."""
+    return _last_logits(model, params, cache, None, token_B[:, None],
+                        decoder_positions_BT=position_B[:, None])
 
 
 @functools.partial(jax.jit, static_argnames=("model", "new_tokens", "start_id", "pad_id"))
 def encoder_decoder_program(model, params, encoder_BS, encoder_segment_ids_BS, key, rows_B2,
                             settings: Settings, stop_V, max_new_B, *, new_tokens: int,
                             start_id: int = 0, pad_id: int = 0):
-    """New decoder tokens [B, new_tokens] for right-padded encoder inputs (segment ids 0 on
-    padding), for models called as model.apply(vars, encoder_tokens, decoder_tokens,
-    encoder_segment_ids, decode=True) (models/t5.py): the first call runs the encoder and
-    the start token (start_id; T5: 0) and caches the cross-attention keys/values; each later
-    step feeds one token at decoder position i + 1 and no encoder."""
+    """New decoder tokens [B, new_tokens] for right-padded encoder inputs
+    (encoder_decoder_prefill, then encoder_decoder_step per new token: the encoder runs
+    once)."""
     TRACES["encoder_decoder"] += 1
     model, params = unrolled(model, params)
     b = encoder_BS.shape[0]
     cache = init_cache(model, jnp.zeros(encoder_BS.shape, jnp.int32),
                        jnp.zeros((b, new_tokens), jnp.int32))
-    start_B1 = jnp.full((b, 1), start_id, jnp.int32)
-    logits_B1V, mutated = model.apply({"params": params, "cache": cache}, encoder_BS, start_B1,
-                                      encoder_segment_ids_BS, decode=True, mutable=["cache"])
+    logits_BV, cache = encoder_decoder_prefill(model, params, cache, encoder_BS,
+                                               encoder_segment_ids_BS, start_id=start_id)
 
     def step(cache, token_B, i):
-        logits_B1V, mutated = model.apply(
-            {"params": params, "cache": cache}, None, token_B[:, None],
-            decoder_positions_BT=jnp.full((b, 1), i + 1, jnp.int32), decode=True,
-            mutable=["cache"])
-        return logits_B1V[:, -1], mutated["cache"]
+        return encoder_decoder_step(model, params, cache, token_B,
+                                    jnp.full((b,), i + 1, jnp.int32))
 
-    return decode_loop(step, mutated["cache"], logits_B1V[:, -1], row_keys(key, rows_B2),
-                       settings, stop_V, max_new_B, new_tokens, pad_id)
+    return decode_loop(step, cache, logits_BV, row_keys(key, rows_B2), settings, stop_V,
+                       max_new_B, new_tokens, pad_id)
 
 
 # model family kind -> its decoding program; kinds absent here do not generate (encoders)

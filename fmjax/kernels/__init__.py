@@ -28,6 +28,7 @@ no C++ compiler they report why they are unavailable, and every operation takes 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -47,6 +48,19 @@ class Implementation:
 
 
 _REGISTRY: dict[str, Implementation] = {}
+_XLA_ONLY = [0]  # > 0 inside xla_only(): every operation takes its XLA version
+
+
+@contextlib.contextmanager
+def xla_only():
+    """Within: `get` finds no kernel and `call` takes XLA's path, so what is traced holds no
+    kernel's custom call: a program exported to run without fmjax (jax.export) or on another
+    host. Affects tracing only; programs jitted before keep what they were traced with."""
+    _XLA_ONLY[0] += 1
+    try:
+        yield
+    finally:
+        _XLA_ONLY[0] -= 1
 
 
 def register(op: str, implementation: Implementation) -> None:
@@ -60,7 +74,9 @@ def _load_backends() -> None:
 
 
 def get(op: str) -> Implementation | None:
-    """The registered implementation of `op`, or None."""
+    """The registered implementation of `op`, or None (always None inside xla_only())."""
+    if _XLA_ONLY[0]:
+        return None
     _load_backends()
     return _REGISTRY.get(op)
 
