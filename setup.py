@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     "pyarrow>=14",  # reads the benchmark data of fmjax/evals/olmo_data.py
     "qwix>=0.1.8,<0.3",  # quantization numerics: QArray, absmax scales (fmjax/quantization/)
+    "flatbuffers>=23.5",  # jax.export's serialization (fmjax.export --format=stablehlo)
 ]
 
 setup(
