@@ -14,10 +14,10 @@ Expected: validation loss 8.37 (about ln 4096) -> 5.27 at step 160 (perplexity ~
           step 80); stdlib_next_line acc 0.40 zero-shot and 0.34 3-shot (1-shot 0.36) against
           chance 0.25 (0.385 zero-shot at step 80); the sample is Python-shaped, not code.
 Time:     2-core AMD EPYC (Zen 4, fp32 matmul 210 GFLOP/s unloaded, ~6,300 tokens/s), shared
-          with other jobs (load average 6-8): 9m43s at 1,584 tokens/s, the whole main job 15m57s
-          with the install. Scaled to the 148 GFLOP/s host (by this run's tokens/s, or by the old
-          job's seconds per token of work): 4.5-5 minutes; with the fine-tune 6.6-7.8 minutes, and
-          the install 1-2 more.
+          with other jobs (load average 6-7): 7m10s at 1,905 tokens/s, then the fine-tune 4m35s
+          (same losses and accuracies to the last digit in two runs). Scaled to the 148 GFLOP/s
+          host (by this run's tokens/s, or by the old job's seconds per token of work): 4.5-5
+          minutes; with the fine-tune 6.6-7.8 minutes, and the install 1-2 more.
 """
 from fmjax.config import base_config
 
