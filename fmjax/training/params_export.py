@@ -6,16 +6,25 @@ import os
 
 import jax
 
-from fmjax.training import checkpoint
 from fmjax.nn import lora
+from fmjax.quantization import guard
+from fmjax.training import checkpoint
 
 
-def export(workdir: str, output: str, *, step: int | None = None) -> tuple[str, int, int]:
-    """(export path, step, parameter count)."""
+def export(workdir: str, output: str, *, step: int | None = None,
+           field: str = "--workdir") -> tuple[str, int, int]:
+    """(export path, step, parameter count). A quantized checkpoint (fmjax.quantize) is refused
+    (guard.QuantizedCheckpoint naming `field`): it is a params-only export already, and its
+    integer weights are not what this reads."""
     if os.path.exists(output):
         raise FileExistsError(f"--output={output} exists; choose a new directory")
     source = workdir if step is None else os.path.join(checkpoint.checkpoint_dir(workdir), str(step))
     directory, _ = checkpoint.resolve_params_source(source)
+    guard.refuse(checkpoint.read_source(directory)[0], path=workdir, field=field,
+                 tool="fmjax.export --format=params",
+                 fix="it is a params-only checkpoint already: use it as it is (fmjax.evaluate, "
+                     "fmjax.generate), export it for serving with --format=stablehlo, or export "
+                     "the float checkpoint it was quantized from ({source})")
     params, config_dict, tokenizer_bytes = checkpoint.read_params_to_host(directory)
     if config_dict.get("lora", {}).get("rank", 0) > 0:
         params = lora.merge_state_params(params, config_dict["lora"])
