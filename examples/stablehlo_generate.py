@@ -81,7 +81,10 @@ class Artifact:
         self.functions = {}
         for name, spec in m["functions"].items():
             with open(os.path.join(directory, spec["file"]), "rb") as f:
-                self.functions[name] = jax.jit(export.deserialize(bytearray(f.read())).call)
+                call = export.deserialize(bytearray(f.read())).call
+                # decode: the old cache is dead once the new one exists; donating it lets XLA
+                # update the keys/values in place instead of copying them every step
+                self.functions[name] = jax.jit(call, donate_argnums=(1,) if name == "decode" else ())
         self.tokenizer = Tokenizer(os.path.join(directory, m["tokenizer"]["file"]),
                                    m["tokenizer"]["kind"])
 
