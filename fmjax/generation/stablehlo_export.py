@@ -19,15 +19,17 @@ The functions (W = the weights dict as np.load gives it, C = the cache dict):
       encoder-decoders: right-padded encoder inputs. logits_BV: the first new token's.
   decode(W, C, token_B) -> (logits_BV, C)
       one new token per row; logits of the next. C carries its own positions.
-Every array is int32 but the logits (float32) and the cache's keys/values (the model's
-dtype). A caller threads C from prefill through decode; it never needs to look inside.
+Tokens and segment ids are int32, logits float32, the cache's keys/values in the model's
+dtype. A caller threads C from prefill through decode; it never needs to look inside.
 
 Polymorphism (jax.export symbolic shapes): prefill is polymorphic in the batch B and the
-prompt width P (1 <= P <= max_length; encoder-decoders: any encoder width S); decode in B
-(and, for encoder-decoders, the S its cache was filled with). The cache's length (max_length)
-is static: P + new tokens <= max_length for decoders, new tokens <= max_length for
-encoder-decoders. The weights' shapes are static. One artifact serves every batch size and
-prompt length; each new (B, P) shape compiles once in the reader (jax.jit's cache).
+prompt width P, 2 <= P <= max_length (spelled q + 1 in its signature: see _decoder_dims;
+encoder-decoders: any encoder width S); decode in B (and, for encoder-decoders, the S its
+cache was filled with). The cache's length (max_length) is static: P + new tokens <=
+max_length for decoders, new tokens <= max_length for encoder-decoders; past that the cache's
+writes are clamped to its last slot and the tokens are wrong (nothing checks it inside). The
+weights' shapes are static. One artifact serves every batch size and prompt length; each new
+(B, P) shape compiles once in the reader (jax.jit's cache).
 
 The programs are traced with every fmjax kernel off (kernels.xla_only: no custom calls a
 reader could not resolve) and attention_impl = "xla" (jax.nn.dot_product_attention: no
@@ -48,6 +50,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 from jax import export as jax_export
 
 from fmjax import kernels, models
@@ -147,20 +150,12 @@ LAYOUTS = {
 
 
 def flatten(tree) -> dict[str, Any]:
-    """{"a/b/c": leaf} of a nested dict."""
-    return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    """{"a/b/c": leaf} of a nested dict (unflatten inverts it)."""
+    return traverse_util.flatten_dict(tree, sep="/")
 
 
 def unflatten(flat: dict[str, Any]) -> dict:
-    tree: dict = {}
-    for key, leaf in flat.items():
-        *parents, name = key.split("/")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[name] = leaf
-    return tree
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def _stored(x) -> np.ndarray:

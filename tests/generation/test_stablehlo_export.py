@@ -5,7 +5,7 @@ and its greedy token ids equal server.Generator's (what `fmjax.generate --temper
 prints) for prompts of different lengths at two batch sizes of the same artifact: a GPT-2 with
 a byte-level BPE tokenizer.json (its eos set to a token the model emits, so rows stop early),
 its int4 quantization (integers + scales, dequantized inside the exported functions), a
-grouped-query Llama with bfloat16 params and a SentencePiece model, and a T5. The artifact's
+prefix-LM grouped-query Llama with bfloat16 params and a SentencePiece model, and a T5. The artifact's
 files, manifest and symbolic shapes are checked, and a params-only export of a quantized
 checkpoint is refused.
 """
@@ -96,6 +96,7 @@ def cases(tmp_path_factory):
                                                        "int4", 32).path
     config, data = sentencepiece_config(root, "llama", n_kv_heads=2)
     config.model.param_dtype = "bfloat16"
+    config.objective = "prefix_lm"  # the prompt is one bidirectional prefix
     checkpoints["llama"] = random_checkpoint(str(root / "llama"), config, data)
     config, data = sentencepiece_config(root, "t5")
     checkpoints["t5"] = random_checkpoint(str(root / "t5"), config, data)
@@ -193,8 +194,8 @@ def test_artifact_files_manifest_and_symbolic_shapes(cases):
                                             "weights.npz"]
     with open(os.path.join(artifact, "manifest.json")) as f:
         manifest = json.load(f)
-    assert (manifest["format"], manifest["kind"], manifest["max_length"]) == (
-        "fmjax-stablehlo", "decoder", 64)
+    assert (manifest["format"], manifest["kind"], manifest["max_length"],
+            manifest["prefix_lm"]) == ("fmjax-stablehlo", "decoder", 64, True)
     assert manifest["prompt"]["prefix_ids"] == [1] and manifest["tokenizer"]["eos_id"] == 2
     with np.load(os.path.join(artifact, "weights.npz"), allow_pickle=False) as npz:
         arrays = {name: npz[name] for name in npz.files}
