@@ -4,15 +4,20 @@ here on a family name.
 
 Params: embed/embedding [V, D], pos_embed/embedding [P, D] (learned positions only), layers/...
 (or layer_i/...: attn_norm, attn/{query,key,value,out}, mlp_norm, mlp/{up,[gate,]down}),
-final_norm, lm_head/kernel [D, V] (untied only)."""
+final_norm, lm_head/kernel [D, V] (untied only).
+
+Context parallelism (mesh.context > 1, fmjax/nn/context_parallel.py): the blocks run on rows
+in zigzag order (inputs permuted on entry, the hidden states restored to token order before
+the final norm), so every shard does the same causal attention work; callers see token order."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fmjax.nn import layers
+from fmjax.nn import context_parallel, layers
 from fmjax.models.transformer import BlockSpec, make_norm, stack
 
 
@@ -79,6 +84,12 @@ class Decoder(nn.Module):
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
 
+        shards = 0 if decode else context_parallel.zigzag_shards(tokens_BT.shape[1])
+        if shards > 1:  # causal load balancing: rows in zigzag order until the output layer
+            tokens_BT, segment_ids_BT, positions_BT, prefix_mask_BT = (
+                None if a is None else context_parallel.to_zigzag(a, shards)
+                for a in (tokens_BT, segment_ids_BT, positions_BT, prefix_mask_BT))
+
         embed = layers.Embed(cfg.padded_vocab_size, cfg.d_model, init_std=cfg.init_std,
                              dtype=dtype, param_dtype=param_dtype, name="embed")
         x_BTD = embed(tokens_BT)
@@ -92,8 +103,12 @@ class Decoder(nn.Module):
         inputs = (segment_ids_BT, positions_BT)
         if prefix_mask_BT is not None:
             inputs += (prefix_mask_BT,)
-        x_BTD = stack(cfg, spec.block_spec(), cfg.n_layers, x_BTD, *inputs, decode=decode,
-                      deterministic=deterministic)
+        with context_parallel.zigzag_rows() if shards > 1 else contextlib.nullcontext():
+            x_BTD = stack(cfg, spec.block_spec(), cfg.n_layers, x_BTD, *inputs, decode=decode,
+                          deterministic=deterministic)
+        if shards > 1:
+            x_BTD = layers.constrain(context_parallel.from_zigzag(x_BTD, shards),
+                                     "batch", "length", "embed")
 
         x_BTD = make_norm(cfg, spec.block_spec(), "final_norm")(x_BTD)
         lm_head = None if cfg.tie_embeddings else layers.Dense(

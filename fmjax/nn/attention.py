@@ -21,34 +21,12 @@ from jax.ad_checkpoint import checkpoint_name
 
 from fmjax import kernels
 from fmjax.config import ConfigError
+from fmjax.nn import context_attention, context_parallel
+from fmjax.nn.masks import attention_mask
 from fmjax.nn.softmax_attention import causal_attention, causal_blocks, chunked_attention
 from fmjax.nn.layers import Dense, constrain, matmul, normal_init, param_init, rope
 
 Dtype = Any
-
-
-def attention_mask(q_segment_BT, kv_segment_BS, q_pos_BT=None, kv_pos_BS=None, *,
-                   causal=True, kv_prefix_BS=None, same_row=False):
-    """[B, 1, T, S] bool: the key is real (segment > 0) and in the query's segment, and, when
-    `causal`, at a position <= the query's or inside its segment's bidirectional prefix
-    (`kv_prefix_BS` nonzero: prefix LM). `causal=False`: bidirectional (encoders) and
-    cross-attention (decoder queries over encoder keys of the same segment id).
-
-    `same_row` (causal self-attention over one row, T == S): keys after the query's index are
-    hidden too, whatever the positions say. Rows packed by fmjax number each segment's tokens
-    in order, so this changes nothing for them; it makes the mask lower-triangular by
-    construction, which `causal_attention` relies on to skip the blocks above the diagonal."""
-    same = q_segment_BT[:, :, None] == kv_segment_BS[:, None, :]
-    real = kv_segment_BS[:, None, :] > 0
-    if not causal:
-        return (same & real)[:, None]
-    visible = kv_pos_BS[:, None, :] <= q_pos_BT[:, :, None]
-    if same_row:
-        t, s = q_segment_BT.shape[1], kv_segment_BS.shape[1]
-        visible = visible & jnp.tril(jnp.ones((t, s), bool))
-    if kv_prefix_BS is not None:
-        visible = visible | (kv_prefix_BS[:, None, :] > 0)
-    return (same & visible & real)[:, None]
 
 
 def relative_position_bucket(relative_position, *, bidirectional: bool, num_buckets: int = 32,
@@ -185,7 +163,7 @@ class Attention(nn.Module):
         q_proj = self._proj("query", self.n_heads, "heads")
         k_proj = self._proj("key", self.n_kv_heads, "kv_heads")
         v_proj = self._proj("value", self.n_kv_heads, "kv_heads")
-        if self.n_kv_heads != self.n_heads:
+        if self.n_kv_heads != self.n_heads or context_parallel.context_size() > 1:
             return q_proj(x_BTD), k_proj(x_BTD), v_proj(x_BTD), None
         (wq, bq), (wk, bk), (wv, bv) = (p(x_BTD, weights_only=True)
                                         for p in (q_proj, k_proj, v_proj))
@@ -225,6 +203,12 @@ class Attention(nn.Module):
         q_BTHK = constrain(q_BTHK, "batch", "length", "heads", "head_dim")
         k_BTGK = constrain(k_BTGK, "batch", "length", "kv_heads", "head_dim")
         v_BTGK = constrain(v_BTGK, "batch", "length", "kv_heads", "head_dim")
+
+        if not decode and context_parallel.splits(x_BTD.shape[1]):  # the sequence is split
+            out_BTHK = self._context_parallel(q_BTHK, k_BTGK, v_BTGK, segment_ids_BT,
+                                              positions_BT, prefix_mask_BT, cross, bias_BHTS,
+                                              deterministic)
+            return self._output(out_BTHK, x_BTD.shape[-1])
 
         kv_prefix_BS = prefix_mask_BT
         if cross:
@@ -273,11 +257,38 @@ class Attention(nn.Module):
                 q_BTHK, k_BSGK.astype(q_BTHK.dtype), v_BSGK.astype(q_BTHK.dtype),
                 bias=bias_BHTS, mask=mask_B1TS, scale=self.scale,
                 implementation="cudnn" if self.implementation == "cudnn" else None)
+        return self._output(out_BTHK, x_BTD.shape[-1])
+
+    def _output(self, out_BTHK, d_model: int):
         out_BTHK = constrain(out_BTHK, "batch", "length", "heads", "head_dim")
-        out = Dense((x_BTD.shape[-1],), ("heads", "head_dim"), ("embed",), use_bias=self.use_bias,
+        out = Dense((d_model,), ("heads", "head_dim"), ("embed",), use_bias=self.use_bias,
                     init_std=self.out_init_std, dtype=self.dtype, param_dtype=self.param_dtype,
                     name="out")(out_BTHK)
         return checkpoint_name(out, "attention_out")
+
+    def _context_parallel(self, q_BTHK, k_BTGK, v_BTGK, segment_ids_BT, positions_BT,
+                          prefix_mask_BT, cross: bool, bias_BHTS, deterministic: bool):
+        """Self-attention with the sequence split over mesh.context (context_attention.py),
+        in the row order the model declared (context_parallel.row_layout). `auto`, `fmjax` and
+        `xla` run it; what it cannot run is a ConfigError naming the field (config.validate
+        refuses most of it earlier)."""
+        shards = context_parallel.context_size()
+        refusal = None
+        if cross or bias_BHTS is not None:
+            refusal = ("cross-attention and T5's relative position biases are not implemented "
+                       "under context parallelism (encoder-decoder models)")
+        elif self.implementation not in context_parallel.IMPLEMENTATIONS:
+            refusal = (f"model.attention_impl = {self.implementation!r} cannot split the "
+                       "sequence (its kernel needs whole rows); use auto, fmjax or xla")
+        elif self.dropout > 0 and not deterministic:
+            refusal = ("attention dropout is not implemented under context parallelism; set "
+                       "--config.model.dropout=0")
+        if refusal:
+            raise ConfigError(f"config.mesh.context = {shards}: {refusal}; or set "
+                              "--config.mesh.context=1")
+        return context_attention.context_attention(
+            q_BTHK, k_BTGK, v_BTGK, segment_ids_BT, positions_BT, prefix_mask_BT,
+            causal=self.causal, scale=self.scale, layout=context_parallel.row_layout())
 
     def _splash(self, q_BTHK, k_BSGK, v_BSGK, segment_ids_BT, unsupported: bool):
         if unsupported:

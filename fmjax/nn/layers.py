@@ -17,6 +17,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from fmjax import kernels
 from fmjax.config import ConfigError
+from fmjax.nn import context_parallel
 from fmjax.quantization import weights as quantized
 
 Dtype = Any
@@ -98,6 +99,17 @@ def _matmul_bwd(res, g_NO):
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+def split_length_product(x, w, b, n_in: int):
+    """x @ w (+ b) contracting x's last n_in dims with w's first, the leading dims kept.
+    Dense's path when the sequence is split over the mesh (fmjax/nn/context_parallel.py):
+    flattening [B, T] into one axis of B*T would merge the batch's and the length's shardings
+    into one XLA cannot keep, so it would gather the length (every saved activation C times
+    larger)."""
+    dims = tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))
+    y = jax.lax.dot_general(x, w, (dims, ((), ())))
+    return y if b is None else y + b
+
+
 class Dense(nn.Module):
     """y = x @ W (+ b) contracting the last `len(in_axes)` dims of x; W named in_axes + out_axes."""
     features: Sequence[int]
@@ -124,6 +136,8 @@ class Dense(nn.Module):
         if weights_only:
             return w, b
         batch_shape = x.shape[:-n_in]
+        if context_parallel.context_size() > 1:  # see split_length_product
+            return split_length_product(x.astype(self.dtype), w, b, n_in)
         x_NI = x.astype(self.dtype).reshape(-1, math.prod(in_shape))
         y = matmul(x_NI, w.reshape(math.prod(in_shape), -1),
                    None if b is None else b.reshape(-1))
