@@ -73,9 +73,13 @@ def inherit_pretrained(config, saved: dict, *, tokenizer_ids: bool = True):
     (a copy)."""
     config = config_lib.from_json_dict(json.loads(config_lib.to_json(config)))
     pretrained = config_lib.from_json_dict(saved)
-    for key in config_lib.flat_keys(pretrained.model):
-        if key not in RUNTIME_KEYS:
-            config.model[key] = pretrained.model[key]
+    for key in config_lib.flat_keys(pretrained.model):  # dotted below sections: moe.top_k
+        if key.split(".")[0] not in RUNTIME_KEYS:
+            *parents, leaf = key.split(".")
+            node, saved_node = config.model, pretrained.model
+            for p in parents:
+                node, saved_node = node[p], saved_node[p]
+            node[leaf] = saved_node[leaf]
     # ids past the tokenizer's pieces belong to the embedding table ([MASK], sentinels)
     config.tokenizer.extra_ids = pretrained.tokenizer.extra_ids
     for key in ("pad_id", "bos_id", "eos_id", "unk_id", "mask_id", "model_type") if tokenizer_ids else ():
