@@ -24,7 +24,8 @@ flags.DEFINE_integer("profile_steps", 0, "after the timed steps, profile this ma
 
 
 def mesh_devices(config):
-    sizes = [config.mesh[a] for a in ("data", "fsdp", "tensor")]
+    from fmjax.config import MESH_AXIS_NAMES
+    sizes = [config.mesh[a] for a in MESH_AXIS_NAMES]
     if -1 in sizes:
         return jax.devices()
     return jax.devices()[:int(np.prod(sizes))]

@@ -18,6 +18,21 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the field, the value and the fix."""
 
 
+# The device mesh's axes, outermost first: (name, config.mesh default, whether the batch is
+# split over it, meaning). fmjax/mesh.py builds the mesh from this table and maps logical axes
+# onto these names (LOGICAL_RULES; the batch axes come from here); a new axis is one line here
+# (plus the rules of the logical axes it shards there).
+MESH_AXES = (
+    ("data", -1, True, "data-parallel axis size; -1 fills the devices left"),
+    ("fsdp", 1, True, "fully-sharded data-parallel axis size (params sharded over it)"),
+    ("expert", 1, True, "expert-parallel axis size: MoE experts split over it; dense layers "
+                        "see it as more data parallelism (fmjax/nn/moe.py)"),
+    ("tensor", 1, False, "tensor-parallel axis size (heads / MLP sharded over it)"),
+)
+MESH_AXIS_NAMES = tuple(a[0] for a in MESH_AXES)
+BATCH_MESH_AXES = tuple(a[0] for a in MESH_AXES if a[2])  # the batch is split over these
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # root of every random choice: params init, dropout, data order
@@ -52,6 +67,18 @@ def base_config() -> ml_collections.ConfigDict:
     m.attention_impl = "auto"  # auto (fused_cpu, else fmjax, on CPU; xla elsewhere) | fused_cpu (C++ kernel, fmjax/kernels/cpu/attention.py) | fmjax (fmjax/nn/softmax_attention.py, in XLA) | xla | cudnn (jax.nn.dot_product_attention) | splash (TPU Pallas kernel, fmjax/kernels/tpu/splash_attention.py)
     m.init_std = 0.0  # normal init std of weight matrices; 0 = family default (0.02; t5: 1.0 = multiplier of T5's fan-in stds)
     m.vocab_multiple = 1  # pad embedding rows to a multiple (speed); 1 keeps published counts
+
+    m.moe = mo = ml_collections.ConfigDict()  # mixture of experts (fmjax/nn/moe.py)
+    mo.num_experts = 0  # routed experts E per sparse MLP; 0 = dense model
+    mo.top_k = 2  # experts each token is sent to (Mixtral 2; Switch 1)
+    mo.num_shared_experts = 0  # experts every token also passes through (DeepSeek-MoE); 0 = none
+    mo.interval = 1  # every interval-th MLP is sparse (the last of each group; Mixtral 1, Switch 2)
+    mo.d_ff = 0  # hidden width of one expert (and of each shared expert); 0 = model.d_ff
+    mo.router_z_loss = 0.001  # weight of the router z-loss mean(logsumexp(logits)^2) (ST-MoE)
+    mo.load_balance_loss = 0.01  # weight of E * sum_e f_e p_e (Switch; 1.0 when balanced)
+    mo.capacity_factor = 0.0  # 0 = dropless; else each expert takes ceil(cf * tokens * top_k / E) per group, the rest are dropped
+    mo.renormalize = True  # top-k weights renormalised to sum to 1 (Mixtral); False: softmax probs (Switch, Qwen-MoE)
+    mo.dispatch = "shard_map"  # shard_map (tokens all-gathered over mesh.expert, experts local, reduce-scattered back) | xla (annotations only: XLA partitions the dropless program)
 
     c.tokenizer = t = ml_collections.ConfigDict()
     t.path = ""  # SentencePiece .model or Hugging Face tokenizer.json; "" = train a SentencePiece model on the corpus and cache it
@@ -148,10 +175,9 @@ def base_config() -> ml_collections.ConfigDict:
     pr.end_step = 1  # step whose weights first have target_sparsity (>= 1 and >= start_step; 1 = one-shot at the first update, then recovery)
     pr.frequency = 10  # steps between mask updates from start_step to end_step
 
-    c.mesh = ms = ml_collections.ConfigDict()
-    ms.data = -1  # data-parallel axis size; -1 fills the devices left
-    ms.fsdp = 1  # fully-sharded data-parallel axis size (params sharded over it)
-    ms.tensor = 1  # tensor-parallel axis size (heads / MLP sharded over it)
+    c.mesh = ms = ml_collections.ConfigDict()  # axis sizes; the axes and comments: MESH_AXES
+    for name, default, _, _ in MESH_AXES:
+        ms[name] = default
 
     c.eval = ev = ml_collections.ConfigDict()  # zero/few-shot tasks in the loop (fmjax/evals/)
     ev.tasks = ""  # comma-separated eval task names (or jsonl:PATH); "" = none
@@ -174,7 +200,8 @@ SHAPE_KEYS = ("model.family", "model.vocab_size", "model.d_model", "model.n_laye
               "model.n_heads", "model.n_kv_heads", "model.head_dim", "model.d_ff",
               "model.max_positions", "model.tie_embeddings", "model.scan_layers",
               "model.n_decoder_layers", "model.type_vocab_size", "model.relative_buckets",
-              "optim.name")
+              "model.moe.num_experts", "model.moe.num_shared_experts", "model.moe.interval",
+              "model.moe.d_ff", "optim.name")
 DATA_ORDER_KEYS = ("seed", "data.source", "data.mixture", "data.paths", "data.shuffle",
                    "data.shuffle_buffer", "data.streams",
                    "model.seq_len", "train.global_batch_size", "objective",
@@ -271,7 +298,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
         if m[field] not in ("float32", "bfloat16", "float16"):
             _fail(f"model.{field}", m[field], "unsupported dtype", "use float32 or bfloat16")
 
-    sizes = {k: config.mesh[k] for k in ("data", "fsdp", "tensor")}
+    sizes = {k: config.mesh[k] for k in MESH_AXIS_NAMES}
     fills = [k for k, v in sizes.items() if v == -1]
     if len(fills) > 1:
         _fail(f"mesh.{fills[1]}", -1, "only one mesh axis may be -1", "give the others sizes")
@@ -287,22 +314,28 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
                   f"the other axes multiply to {fixed}, which does not divide {num_devices} devices",
                   "make the fixed axes' product divide the device count")
         sizes[fills[0]] = num_devices // fixed
-    product = sizes["data"] * sizes["fsdp"] * sizes["tensor"]
+    product = 1
+    for v in sizes.values():
+        product *= v
     if product != num_devices:
-        _fail("mesh", sizes, f"data*fsdp*tensor = {product} but {num_devices} devices are visible",
+        _fail("mesh", sizes, f"{'*'.join(sizes)} = {product} but {num_devices} devices are visible",
               "set --config.mesh.data=-1 to fill the rest")
     for field, heads in (("n_heads", m.n_heads), ("n_kv_heads", kv)):
         if heads % sizes["tensor"]:
             _fail("mesh.tensor", sizes["tensor"], f"does not divide model.{field} = {heads}",
                   f"choose a tensor axis that divides {heads}, e.g. --config.mesh.tensor=1")
+    validate_moe(m, sizes)
 
-    batch_shards = sizes["data"] * sizes["fsdp"]
+    batch_shards = 1
+    for k in BATCH_MESH_AXES:
+        batch_shards *= sizes[k]
     if tr.global_batch_size % num_processes:
         _fail("train.global_batch_size", tr.global_batch_size,
               f"not divisible by the {num_processes} processes", "use a multiple of the process count")
     if tr.global_batch_size % (batch_shards * tr.microbatches):
         _fail("train.global_batch_size", tr.global_batch_size,
-              f"not divisible by mesh data*fsdp ({batch_shards}) x train.microbatches "
+              f"not divisible by mesh {'*'.join(BATCH_MESH_AXES)} ({batch_shards}) x "
+              f"train.microbatches "
               f"({tr.microbatches})", f"use a multiple of {batch_shards * tr.microbatches}")
     if tr.on_nonfinite not in ("stop", "skip"):
         _fail("train.on_nonfinite", tr.on_nonfinite, "unknown policy", "use stop or skip")
@@ -314,6 +347,43 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
             _fail(f"train.{field}", tr[field], "must be positive", f"set --config.train.{field}")
     validate_prune(config.prune)
     return sizes
+
+
+def validate_moe(m, sizes: dict) -> None:
+    """config.model.moe against the model and the mesh (sizes resolved): nothing to check for a
+    dense model (num_experts 0) but the sign."""
+    mo = m.moe
+    if mo.num_experts < 0:
+        _fail("model.moe.num_experts", mo.num_experts, "must be >= 0",
+              "set --config.model.moe.num_experts=0 for a dense model, or e.g. 8")
+    if mo.num_experts == 0:
+        return
+    if not 1 <= mo.top_k <= mo.num_experts:
+        _fail("model.moe.top_k", mo.top_k, f"must be between 1 and model.moe.num_experts = "
+              f"{mo.num_experts}", f"set --config.model.moe.top_k={min(2, mo.num_experts)}")
+    if mo.num_experts % sizes["expert"]:
+        _fail("model.moe.num_experts", mo.num_experts, f"not divisible by mesh.expert = "
+              f"{sizes['expert']} (each device of an expert group holds E / mesh.expert experts)",
+              "choose a mesh.expert that divides num_experts, e.g. --config.mesh.expert=1")
+    if mo.interval < 1:
+        _fail("model.moe.interval", mo.interval, "must be >= 1",
+              "set --config.model.moe.interval=1 (every MLP sparse) or 2 (every other one)")
+    for field in ("n_layers", "n_decoder_layers"):
+        if m[field] % mo.interval:
+            _fail("model.moe.interval", mo.interval, f"does not divide model.{field} = "
+                  f"{m[field]} (layers are stacked in groups of interval, the last one sparse)",
+                  f"choose an interval dividing {m[field]}")
+    for field in ("num_shared_experts", "d_ff", "router_z_loss", "load_balance_loss",
+                  "capacity_factor"):
+        if mo[field] < 0:
+            _fail(f"model.moe.{field}", mo[field], "must be >= 0",
+                  f"set --config.model.moe.{field}=0")
+    d_ff = mo.d_ff or m.d_ff
+    if d_ff and d_ff % sizes["tensor"]:
+        _fail("mesh.tensor", sizes["tensor"], f"does not divide the expert width {d_ff} "
+              "(model.moe.d_ff, else model.d_ff)", "choose a tensor axis that divides it")
+    if mo.dispatch not in ("shard_map", "xla"):
+        _fail("model.moe.dispatch", mo.dispatch, "unknown dispatch", "use shard_map or xla")
 
 
 def parse_pattern(pattern: str, field: str = "config.prune.pattern") -> tuple[int, int] | None:

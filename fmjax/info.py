@@ -25,8 +25,11 @@ def breakdown(abstract_params, depth: int = 2) -> dict[str, int]:
 def summarize(config) -> dict:
     """`params` is the published count: every parameter but the family's uncounted heads
     (Family.uncounted_params, e.g. BERT's MLM head), which `excluded` lists; `total_params`
-    counts everything the model holds. `breakdown` covers the counted params."""
+    counts everything the model holds. `breakdown` covers the counted params. A mixture of
+    experts adds `active_params`: the counted params one token passes through (all but the
+    routed experts it is not sent to; the count MFU uses, fmjax/models/flops.py)."""
     from fmjax import models
+    from fmjax.nn import moe
     from fmjax.training import state
     model, cfg = models.build(config)
     family = models.get_family(cfg.family)
@@ -42,6 +45,11 @@ def summarize(config) -> dict:
             "seq_len": cfg.seq_len}
     if family.kind == "encoder_decoder":
         info["decoder_layers"] = cfg.n_decoder_layers
+    if cfg.moe.enabled:
+        info["active_params"] = moe.active_params(info["params"], counted, cfg.moe)
+        info["moe"] = {"experts": cfg.moe.num_experts, "top_k": cfg.moe.top_k,
+                       "shared": cfg.moe.num_shared_experts, "interval": cfg.moe.interval,
+                       "expert_d_ff": cfg.moe.d_ff}
     return info
 
 
@@ -60,8 +68,15 @@ def main(argv):
     print(f"  {'total':<{width}}  {info['params']:>15,}")
     for name, n in info["excluded"].items():
         print(f"  not counted: {name} {n:,} (total with it: {info['total_params']:,})")
-    print(json.dumps({"params": info["params"], "total_params": info["total_params"],
-                      "excluded": info["excluded"], "family": info["family"]}))
+    last = {"params": info["params"], "total_params": info["total_params"],
+            "excluded": info["excluded"], "family": info["family"]}
+    if "active_params" in info:
+        mo = info["moe"]
+        print(f"  {'active':<{width}}  {info['active_params']:>15,}  (per token: top-{mo['top_k']}"
+              f" of {mo['experts']} experts, {mo['shared']} shared, every {mo['interval']} "
+              f"MLP(s) sparse, expert d_ff {mo['expert_d_ff']})")
+        last["active_params"] = info["active_params"]
+    print(json.dumps(last))
 
 
 if __name__ == "__main__":

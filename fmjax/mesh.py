@@ -1,8 +1,9 @@
 """Device mesh from the config, the ONE table of logical-axis rules, and sharding helpers.
 
 Every parameter and activation is named with logical axes (`batch`, `embed`, `heads`, ...);
-`LOGICAL_RULES` maps them onto the mesh axes `data`, `fsdp`, `tensor`. Changing the parallelism
-strategy means editing this table, nothing else.
+`LOGICAL_RULES` maps them onto the mesh axes `data`, `fsdp`, `expert`, `tensor` (the axes and
+their config.mesh defaults: config.MESH_AXES). Changing the parallelism strategy means editing
+this table, nothing else.
 """
 from __future__ import annotations
 
@@ -13,13 +14,16 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
+from fmjax.config import BATCH_MESH_AXES, MESH_AXIS_NAMES as MESH_AXES
 
 # logical axis -> mesh axes. A mesh axis already used by an earlier dimension of the same
 # array is skipped (flax semantics), so activations ('batch', 'length', 'embed') shard batch
-# over (data, fsdp) and leave embed whole, while weights ('embed', 'mlp') shard embed over fsdp.
+# over (data, fsdp, expert) and leave embed whole, while weights ('embed', 'mlp') shard embed
+# over fsdp. MoE expert weights ('experts', 'embed', 'mlp') split their experts over `expert`;
+# its mesh axes must be among the batch's (fmjax/nn/moe.py gathers an expert group's tokens).
 LOGICAL_RULES = (
-    ("batch", ("data", "fsdp")),
+    ("batch", BATCH_MESH_AXES),
+    ("experts", "expert"),
     ("length", None),
     ("embed", "fsdp"),
     ("heads", "tensor"),
@@ -43,7 +47,7 @@ def mesh_shape(config, num_devices: int, num_processes: int | None = None) -> di
 
 
 def make_mesh(config, devices=None, num_processes: int | None = None) -> Mesh:
-    """The (data, fsdp, tensor) mesh over `devices` (default: all), laid on the chip grid by
+    """The (data, fsdp, expert, tensor) mesh over `devices` (default: all), laid on the chip grid by
     jax.make_mesh. Devices of several TPU slices (multislice; each device's `slice_index`) get
     a hybrid mesh: the slices stack along mesh.data (or mesh.fsdp when data is 1), so only
     that axis crosses the data-center network between slices, the others stay on each slice's
@@ -99,6 +103,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Sharding of a batch array ([B], [B, T], ...): rows over (data, fsdp), the rest whole."""
     return logical_sharding(mesh, ("batch",))
+
+
+def mesh_axes_of(logical: str, mesh=None) -> tuple[str, ...]:
+    """The mesh axes LOGICAL_RULES gives `logical` that `mesh` (default: the current abstract
+    mesh) has, in rule order; () when none."""
+    mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+    axes = dict(LOGICAL_RULES)[logical]
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return tuple(a for a in axes if a in mesh.axis_names)
 
 
 def shard_attention(local, heads: tuple, rows: tuple = ()):

@@ -21,12 +21,12 @@ def check(config, devices=8, processes=1):
 def test_fill_axis_resolves_to_the_devices_left():
     c = tiny_config()
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 2, 2
-    assert check(c) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert check(c) == {"data": 2, "fsdp": 2, "expert": 1, "tensor": 2}
 
 
 @pytest.mark.parametrize("edit,message", [
     (lambda c: c.mesh.update(data=2, fsdp=1, tensor=3),
-     r"data\*fsdp\*tensor = 6 but 8 devices are visible; set --config.mesh.data=-1"),
+     r"data\*fsdp\*expert\*tensor = 6 but 8 devices are visible; set --config.mesh.data=-1"),
     (lambda c: c.mesh.update(data=-1, fsdp=-1),
      r"config.mesh.fsdp = -1: only one mesh axis may be -1"),
     (lambda c: c.model.update(d_model=30, n_heads=8),
@@ -36,7 +36,25 @@ def test_fill_axis_resolves_to_the_devices_left():
     (lambda c: c.mesh.update(data=1, fsdp=1, tensor=8) or c.model.update(n_kv_heads=2),
      r"config.mesh.tensor = 8: does not divide model.n_kv_heads = 2"),
     (lambda c: c.train.update(global_batch_size=12),
-     r"config.train.global_batch_size = 12: not divisible by mesh data\*fsdp \(8\).*multiple of 8"),
+     r"config.train.global_batch_size = 12: not divisible by mesh data\*fsdp\*expert \(8\).*"
+     r"multiple of 8"),
+    (lambda c: c.mesh.update(expert=4) or c.model.moe.update(num_experts=6),
+     r"config.model.moe.num_experts = 6: not divisible by mesh.expert = 4 .*"
+     r"--config.mesh.expert=1"),
+    (lambda c: c.model.moe.update(num_experts=2, top_k=3),
+     r"config.model.moe.top_k = 3: must be between 1 and model.moe.num_experts = 2; "
+     r"set --config.model.moe.top_k=2"),
+    (lambda c: c.model.moe.update(num_experts=4, interval=3),
+     r"config.model.moe.interval = 3: does not divide model.n_layers = 2"),
+    (lambda c: c.model.moe.update(num_experts=4, capacity_factor=-1.0),
+     r"config.model.moe.capacity_factor = -1.0: must be >= 0"),
+    (lambda c: c.model.moe.update(num_experts=-1),
+     r"config.model.moe.num_experts = -1: must be >= 0; set --config.model.moe.num_experts=0"),
+    (lambda c: c.model.moe.update(num_experts=4, dispatch="alltoall"),
+     r"config.model.moe.dispatch = 'alltoall': unknown dispatch; use shard_map or xla"),
+    (lambda c: c.mesh.update(tensor=8) or c.model.update(n_heads=8, d_ff=36)
+     or c.model.moe.update(num_experts=4),
+     r"config.mesh.tensor = 8: does not divide the expert width 36"),
     (lambda c: c.model.update(remat_policy="everything"),
      r"config.model.remat_policy = 'everything': unknown policy; use one of none, full"),
     (lambda c: c.model.update(attention_impl="flash"),

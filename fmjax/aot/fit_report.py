@@ -10,6 +10,7 @@ import math
 from fmjax.aot import tpu_slices
 from fmjax.aot.compile import Result
 from fmjax.aot.targets import GIB, Target
+from fmjax.config import BATCH_MESH_AXES
 
 TIGHT = 0.9  # a peak above this fraction of the device's memory is reported as tight
 ROOM = 0.85  # the fraction of HBM the suggested knobs aim for
@@ -30,7 +31,7 @@ def knobs(result: Result) -> list[str]:
         out.append(f"--config.model.remat_policy=full: recompute each layer's activations in "
                    f"the backward pass (now {c.model.remat_policy!r})")
     m, batch = c.train.microbatches, c.train.global_batch_size
-    rows = batch // (sizes["data"] * sizes["fsdp"] * m)
+    rows = batch // (math.prod(sizes[a] for a in BATCH_MESH_AXES) * m)
     fixed = 2 * result.state_bytes  # state and gradients do not shrink with the rows
     budget = ROOM * memory.available - fixed
     if rows > 1 and budget > 0:  # activations scale with the rows of one pass: a rough split

@@ -11,6 +11,7 @@ from typing import Callable
 import flax.linen as nn
 
 from fmjax.config import ConfigError
+from fmjax.nn.moe import MoeConfig
 from fmjax.registry import Registry
 
 
@@ -42,6 +43,7 @@ class ModelConfig:
     relative_buckets: int = 32  # T5 relative-position buckets
     relative_max_distance: int = 128  # T5: distances from here on share the last bucket
     type_vocab_size: int = 2  # BERT token-type (segment A/B) embeddings
+    moe: MoeConfig = MoeConfig()  # mixture of experts (fmjax/nn/moe.py); num_experts 0 = dense
 
 
 KINDS = ("decoder", "encoder", "encoder_decoder")  # call signatures: see each kind's module
@@ -93,19 +95,21 @@ def resolve(model_config) -> ModelConfig:
     attention.check_implementation(m.attention_impl, m.seq_len)
     multiple = max(1, m.vocab_multiple)
     tie = m.tie_embeddings
+    d_ff = m.d_ff or family.default_d_ff(m.d_model)
     return ModelConfig(
         family=m.family, vocab_size=m.vocab_size,
         padded_vocab_size=-(-m.vocab_size // multiple) * multiple, seq_len=m.seq_len,
         d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
         n_kv_heads=m.n_kv_heads or m.n_heads, head_dim=m.head_dim or m.d_model // m.n_heads,
-        d_ff=m.d_ff or family.default_d_ff(m.d_model), max_positions=m.max_positions or m.seq_len,
+        d_ff=d_ff, max_positions=m.max_positions or m.seq_len,
         norm_eps=m.norm_eps, rope_theta=m.rope_theta,
         tie_embeddings=family.default_tie_embeddings if tie is None else bool(tie),
         dropout=m.dropout, dtype=m.dtype, param_dtype=m.param_dtype, scan_layers=m.scan_layers,
         remat_policy=m.remat_policy, attention_impl=m.attention_impl,
         init_std=m.init_std or family.default_init_std,
         n_decoder_layers=m.n_decoder_layers or m.n_layers, relative_buckets=m.relative_buckets,
-        relative_max_distance=m.relative_max_distance, type_vocab_size=m.type_vocab_size)
+        relative_max_distance=m.relative_max_distance, type_vocab_size=m.type_vocab_size,
+        moe=MoeConfig.from_config(m.moe, d_ff))
 
 
 def build(config) -> tuple[nn.Module, ModelConfig]:

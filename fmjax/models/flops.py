@@ -2,6 +2,9 @@
 
   FLOPs per token = 6 N + 12 L d T
   N = parameters excluding position embeddings, L layers, d = n_heads x head_dim, T = seq_len.
+  Mixture of experts: N counts the ACTIVE parameters, those one token passes through: every
+  parameter but the (E - K) / E of the routed experts it is not sent to (router and shared
+  experts in full; tokens dropped by a capacity still count; fmjax/nn/moe.py active_params).
   (6N: forward + backward matmuls; 12 L d T: attention scores and weighted values, fwd + bwd,
   counting the full T x T square, PaLM appendix B.) Remat recomputation is not counted.
   Encoder-decoder families (T5) count each stack over the tokens that pass through it
@@ -23,11 +26,23 @@ def encoder_decoder_flops_per_row(cfg, *, mlp_matrices: int, encoder_len: int,
     6 x (weights each token passes through) + 12 L d x (attended length), where encoder tokens
     pass the encoder blocks, decoder tokens the decoder blocks (self + cross attention) and the
     output layer (V x D), and cross-attention attends over the S encoder positions."""
-    d, h, f, v = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.d_ff, cfg.vocab_size
-    encoder_block = 4 * d * h + mlp_matrices * d * f
-    decoder_block = 8 * d * h + mlp_matrices * d * f
+    d, h, v = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.vocab_size
     s, t = encoder_len, decoder_len
-    dense = 6.0 * (cfg.n_layers * encoder_block * s + (cfg.n_decoder_layers * decoder_block
-                                                        + v * d) * t)
+    encoder = cfg.n_layers * 4 * d * h + mlp_weights(cfg, mlp_matrices, cfg.n_layers)
+    decoder = cfg.n_decoder_layers * 8 * d * h + mlp_weights(cfg, mlp_matrices,
+                                                             cfg.n_decoder_layers)
+    dense = 6.0 * (encoder * s + (decoder + v * d) * t)
     attention = 12.0 * h * (cfg.n_layers * s * s + cfg.n_decoder_layers * (t * t + t * s))
     return dense + attention
+
+
+def mlp_weights(cfg, mlp_matrices: int, n_blocks: int) -> int:
+    """MLP weights a token passes through in `n_blocks` blocks: d_model x d_ff per matrix;
+    with a mixture of experts, in each group of moe.interval blocks the last one's router and
+    its top_k routed + shared experts (active parameters, as the module docstring counts)."""
+    d, moe = cfg.d_model, cfg.moe
+    dense = mlp_matrices * d * cfg.d_ff
+    if not moe.enabled:
+        return n_blocks * dense
+    sparse = (moe.top_k + moe.num_shared_experts) * mlp_matrices * d * moe.d_ff
+    return n_blocks // moe.interval * ((moe.interval - 1) * dense + sparse + d * moe.num_experts)

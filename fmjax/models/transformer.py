@@ -4,6 +4,12 @@ remat). A family picks the pieces through a `BlockSpec`; nothing here branches o
 Block param names: attn_norm, attn, [cross_attn_norm, cross_attn,] mlp_norm, mlp. A stack of
 blocks is `layers` (scanned: every leaf gets a leading `layers` axis) or `layer_0`, `layer_1`,
 ... (config.model.scan_layers = False).
+
+Mixture of experts (config.model.moe, fmjax/nn/moe.py): a sparse block's `mlp` is a MoeMLP.
+With moe.interval = 1 every block is sparse; with interval n > 1 the stack's unit is a group of
+n blocks, `block_0` ... `block_{n-1}`, the last one sparse (Switch: every other MLP), scanned
+(`layers/block_j/...`, leading axis L / n) or unrolled (`layer_g/block_j/...`), so the scan
+still compiles one unit.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fmjax.nn import attention as attention_lib, layers
+from fmjax.nn import attention as attention_lib, layers, moe as moe_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +69,7 @@ class Block(nn.Module):
     decode: bool = False
     deterministic: bool = True
     scanned: bool = False  # return (x, None), the signature nn.scan needs
+    sparse: bool = False  # the MLP is a mixture of experts (cfg.moe)
 
     def _sublayer(self, x_BTD, name, fn, drop):
         """Pre- or post-norm residual around fn; the norm is called `{name}_norm`."""
@@ -102,36 +109,75 @@ class Block(nn.Module):
                 kv_BSD=encoded_BSD, kv_segment_ids_BS=encoder_segment_ids_BS), drop)
             x_BTD = layers.constrain(x_BTD, "batch", "length", "embed")
 
-        mlp = layers.MLP(d_ff=cfg.d_ff, activation=spec.mlp_activation, use_bias=spec.use_bias,
-                         init_std=stds["mlp_in"], out_init_std=stds["mlp_out"],
-                         dropout=cfg.dropout if spec.mlp_dropout else 0.0, dtype=dtype,
-                         param_dtype=param_dtype, name="mlp")
+        if self.sparse:
+            sparse_mlp = moe_lib.MoeMLP(cfg.moe, spec.mlp_activation, init_std=stds["mlp_in"],
+                                        out_init_std=stds["mlp_out"], dtype=dtype,
+                                        param_dtype=param_dtype, name="mlp")
+            real_BT = segment_ids_BT > 0  # auxiliary losses over real tokens
+
+            def mlp(h, deterministic):
+                return sparse_mlp(h, real_BT, deterministic=deterministic)
+        else:
+            mlp = layers.MLP(d_ff=cfg.d_ff, activation=spec.mlp_activation,
+                             use_bias=spec.use_bias, init_std=stds["mlp_in"],
+                             out_init_std=stds["mlp_out"],
+                             dropout=cfg.dropout if spec.mlp_dropout else 0.0, dtype=dtype,
+                             param_dtype=param_dtype, name="mlp")
         x_BTD = self._sublayer(x_BTD, "mlp", lambda h: mlp(h, deterministic=self.deterministic),
                                drop)
         x_BTD = layers.constrain(x_BTD, "batch", "length", "embed")
         return (x_BTD, None) if self.scanned else x_BTD
 
 
+class BlockGroup(nn.Module):
+    """`cfg.moe.interval` Blocks (`block_0` ...), the last one sparse: the unit a stack scans
+    when only every interval-th MLP is a mixture of experts. Same call as Block."""
+    cfg: object
+    spec: BlockSpec
+    n_layers: int
+    decode: bool = False
+    deterministic: bool = True
+    scanned: bool = False
+
+    @nn.compact
+    def __call__(self, x_BTD, *inputs):
+        n = self.cfg.moe.interval
+        for j in range(n):
+            x_BTD = Block(self.cfg, self.spec, self.n_layers, self.decode, self.deterministic,
+                          sparse=j == n - 1, name=f"block_{j}")(x_BTD, *inputs)
+        return (x_BTD, None) if self.scanned else x_BTD
+
+
+def _unit(cfg):
+    """(module class of one stack unit, blocks per unit, its extra kwargs)."""
+    if not cfg.moe.enabled:
+        return Block, 1, {}
+    if cfg.moe.interval == 1:
+        return Block, 1, {"sparse": True}
+    return BlockGroup, cfg.moe.interval, {}
+
+
 def stack(cfg, spec: BlockSpec, n_layers: int, x_BTD, *inputs, decode=False, deterministic=True):
     """x through `n_layers` Blocks (inputs: Block's after x, broadcast to every layer), scanned
-    (`layers`, one compiled block) or unrolled (`layer_i`), with config.model.remat_policy.
+    (`layers`, one compiled unit) or unrolled (`layer_i`), with config.model.remat_policy; a
+    unit is one Block, or a BlockGroup of moe.interval blocks (module docstring).
     Call from inside a compact method: the blocks become the caller's submodules."""
     policy = layers.REMAT_POLICIES[cfg.remat_policy]
+    unit_cls, per_unit, kw = _unit(cfg)
+    n_units = n_layers // per_unit
     if cfg.scan_layers:
-        block_cls = Block
         if cfg.remat_policy != "none":
-            block_cls = nn.remat(block_cls, policy=policy, prevent_cse=False)
-        scanned = nn.scan(block_cls, variable_axes={"params": 0, "cache": 0},
+            unit_cls = nn.remat(unit_cls, policy=policy, prevent_cse=False)
+        scanned = nn.scan(unit_cls, variable_axes={"params": 0, "cache": 0, moe_lib.AUX: 0},
                           split_rngs={"params": True, "dropout": True},
-                          in_axes=(nn.broadcast,) * len(inputs), length=n_layers,
+                          in_axes=(nn.broadcast,) * len(inputs), length=n_units,
                           metadata_params={nn.PARTITION_NAME: "layers"})
-        x_BTD, _ = scanned(cfg, spec, n_layers, decode, deterministic, True, name="layers")(
-            x_BTD, *inputs)
+        x_BTD, _ = scanned(cfg, spec, n_layers, decode, deterministic, True, name="layers",
+                           **kw)(x_BTD, *inputs)
         return x_BTD
-    block_cls = Block
     if cfg.remat_policy != "none":
-        block_cls = nn.remat(Block, policy=policy)
-    for i in range(n_layers):
-        x_BTD = block_cls(cfg, spec, n_layers, decode, deterministic, name=f"layer_{i}")(
+        unit_cls = nn.remat(unit_cls, policy=policy)
+    for i in range(n_units):
+        x_BTD = unit_cls(cfg, spec, n_layers, decode, deterministic, name=f"layer_{i}", **kw)(
             x_BTD, *inputs)
     return x_BTD

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from fmjax import mesh as mesh_lib
 from fmjax.models import flops
 from fmjax.training import optimizer, state as state_lib, step as step_lib
-from fmjax.nn import lora
+from fmjax.nn import lora, moe
 from fmjax import models, objectives
 
 
@@ -49,8 +49,9 @@ class Engine:
         """Model FLOPs per raw token of a row, fmjax's MFU convention (fmjax/models/flops.py)."""
         cfg = self.model_config
         family = models.get_family(cfg.family)
-        if family.row_flops is None:
-            return flops.flops_per_token(cfg, self.num_params(), family.position_params(cfg))
+        if family.row_flops is None:  # MoE: active parameters (fmjax/models/flops.py)
+            active = moe.active_params(self.num_params(), self.abstract_state.params, cfg.moe)
+            return flops.flops_per_token(cfg, active, family.position_params(cfg))
         rows = jax.ShapeDtypeStruct((1, self.row_length()), jnp.int32)
         labels = jax.ShapeDtypeStruct((1,), jnp.int32)  # read by classification objectives
         batch = {"tokens": rows, "segment_ids": rows, "positions": rows, "labels": labels,
