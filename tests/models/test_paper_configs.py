@@ -2,6 +2,7 @@
 `python -m fmjax.info` (jax.eval_shape; nothing is allocated), and a header that says where the
 numbers come from, how to launch the run and what to expect."""
 import ast
+import dataclasses
 import json
 import os
 import subprocess
@@ -30,6 +31,13 @@ PUBLISHED = {  # released checkpoints' counts (HF `num_parameters()`, tied table
     "t5_1_1_large": 783_150_080,
     "llama2_7b": 6_738_415_616,
     "llama3_8b": 8_030_261_248,
+    "mixtral_8x7b": 46_702_792_704,  # recomputed from the release config.json (see header)
+    "switch_base_8": 619_339_008,  # T5-Base + 12 sparse layers x (7 x 2 x 768 x 3072 + 768 x 8)
+}
+# mixtures of experts: parameters one token passes through (top-k of the routed experts)
+ACTIVE = {
+    "mixtral_8x7b": 12_879_925_248,  # 46,702,792,704 - 32 layers x 6 experts x 3 x 4096 x 14,336
+    "switch_base_8": 222_977_280,  # 619,339,008 - 12 layers x 7 experts x 2 x 768 x 3072
 }
 
 
@@ -39,7 +47,38 @@ def load(name):
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_published_parameter_count(name):
-    assert info.summarize(load(name))["params"] == PUBLISHED[name]
+    summary = info.summarize(load(name))
+    assert summary["params"] == PUBLISHED[name]
+    assert summary.get("active_params") == ACTIVE.get(name)  # dense models: no active count
+
+
+def test_active_parameters_are_what_the_flop_count_uses():
+    """MFU counts a mixture of experts' active parameters: 6 x active + attention per token."""
+    from fmjax import models
+    from fmjax.models import flops
+    from fmjax.nn import moe
+    from fmjax.training import state
+    config = load("mixtral_8x7b")
+    model, cfg = models.build(config)
+    abstract, _ = state.abstract_params(model, cfg.seq_len)
+    active = moe.active_params(state.count_params(abstract), abstract, cfg.moe)
+    assert active == ACTIVE["mixtral_8x7b"]
+    attention = 12 * 32 * 32 * 128 * 4096
+    assert flops.flops_per_token(cfg, active, 0) == 6 * ACTIVE["mixtral_8x7b"] + attention
+    # encoder-decoder rows: the Switch MLPs count one expert (+ the router) per token
+    t5 = load("switch_base_8")
+    _, t5_cfg = models.build(t5)
+    dense = flops.mlp_weights(dataclasses.replace(t5_cfg, moe=moe.MoeConfig()), 2, 12)
+    assert flops.mlp_weights(t5_cfg, 2, 12) == dense + 6 * 768 * 8  # routers only
+
+
+def test_info_cli_reports_active_parameters_of_a_mixture():
+    out = subprocess.run([sys.executable, "-m", "fmjax.info", "--config=configs/mixtral_8x7b.py"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    last = json.loads(out.strip().splitlines()[-1])
+    assert (last["params"], last["active_params"]) == (PUBLISHED["mixtral_8x7b"],
+                                                       ACTIVE["mixtral_8x7b"])
+    assert "46,702,792,704" in out and "12,879,925,248" in out
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
