@@ -229,7 +229,13 @@ def import_hf(family: str, hf_dir: str, output: str, *, scan_layers: bool = True
         return part.link.to_fm(x, part.fm_shape, cfg.vocab_size).astype(dtype, copy=False)
 
     def lazy(path: str) -> params_io.LazyLeaf:
-        parts = sorted(plan.by_fm[path], key=lambda p: -1 if p.layer is None else p.layer)
+        parts = sorted(plan.by_fm[path], key=lambda p: (-1 if p.layer is None else p.layer,
+                                                        p.expert or 0))
+        per_block = parts[0].link.experts
+        if per_block:  # a mixture's experts: one HF tensor each, stacked into the block
+            blocks = [parts[i:i + per_block] for i in range(0, len(parts), per_block)]
+            return params_io.LazyLeaf(shapes[path], dtype, parts[0].layer is not None,
+                                      lambda i: np.stack([load(p) for p in blocks[i]]))
         return params_io.LazyLeaf(shapes[path], dtype, parts[0].layer is not None,
                                   lambda i: load(parts[i]))
 
@@ -301,9 +307,18 @@ def export_hf(family: str, source: str, output: str, *, dtype: str = "auto",
                                      f"{', '.join(PARAM_DTYPES)}")
     out_dtype = np.dtype(jnp.dtype(dtype))
 
+    last_read = {}  # one block: a mixture's experts are E tensors of the same block
+
+    def read(p: mapping.Placement) -> np.ndarray:
+        if (p.fm_path, p.layer) not in last_read:
+            last_read.clear()
+            last_read[p.fm_path, p.layer] = reader.read(p.fm_path, p.layer)
+        value = last_read[p.fm_path, p.layer]
+        return value if p.expert is None else value[p.expert]
+
     def produce(hf_name: str) -> np.ndarray:
         parts = plan.by_hf[hf_name]
-        values = [p.link.to_hf(reader.read(p.fm_path, p.layer), cfg.vocab_size) for p in parts]
+        values = [p.link.to_hf(read(p), cfg.vocab_size) for p in parts]
         return np.concatenate(values, axis=parts[0].link.pack_axis).astype(out_dtype)
 
     # in declaration order a stacked leaf's blocks are read in order, so reading them also

@@ -103,6 +103,9 @@ class Link:
     vocab_axis: fmjax axis indexed by token id; fmjax may pad it (config.model.vocab_multiple),
       HF holds exactly vocab_size rows.
     fresh: the checkpoint may lack the tensor (see `Fresh`); None: it must hold it.
+    experts: 0, or E when the fmjax param holds E experts along the axis after the block axis
+      (a mixture of experts, fmjax/nn/moe.py) and HF keeps each in its own tensor ("{j}" in
+      `hf` stands for the expert index; Mixtral's experts.{j}.w1).
     A link without `stack` is one tensor even inside a stack's names (T5's relative attention
     bias lives in block 0 only: "encoder.block.0.layer.0.SelfAttention...")."""
     fm: str  # param path under "params"; relative to the block when `stack` is set
@@ -112,6 +115,7 @@ class Link:
     stack: Stack | None = None
     vocab_axis: int | None = None
     fresh: Fresh | None = None
+    experts: int = 0
 
     def __post_init__(self):
         if self.layout not in ("vector", "matrix", "linear"):
@@ -220,20 +224,26 @@ class Placement:
     fm_path: str
     layer: int | None
     hf_name: str
-    fm_shape: tuple[int, ...]  # the per-block fmjax shape
+    fm_shape: tuple[int, ...]  # the per-block (and per-expert) fmjax shape
     start: int = 0
     stop: int = 0
+    expert: int | None = None  # index along the expert axis (Link.experts), else None
 
 
 def _expand(link: Link, scan_layers: bool):
+    """(fm path, block index or None, HF name, expert index or None) of every placement."""
+    experts = range(link.experts) if link.experts else (None,)
     if link.stack is None:
-        yield link.fm, None, link.hf
+        for j in experts:
+            yield link.fm, None, link.hf.format(j=j), j
         return
     for i in range(link.stack.length):
-        if scan_layers:
-            yield f"{link.stack.scanned}/{link.fm}", i, link.hf.format(i=i)
-        else:
-            yield f"{link.stack.unrolled.format(i=i)}/{link.fm}", None, link.hf.format(i=i)
+        for j in experts:
+            if scan_layers:
+                yield f"{link.stack.scanned}/{link.fm}", i, link.hf.format(i=i, j=j), j
+            else:
+                yield (f"{link.stack.unrolled.format(i=i)}/{link.fm}", None,
+                       link.hf.format(i=i, j=j), j)
 
 
 @dataclasses.dataclass
@@ -251,13 +261,15 @@ def plan(links: list[Link], leaf_shapes: dict[str, tuple[int, ...]], *, scan_lay
     exactly once per block."""
     by_hf: dict[str, list[Placement]] = {}
     for link in links:
-        for fm_path, layer, hf_name in _expand(link, scan_layers):
+        for fm_path, layer, hf_name, expert in _expand(link, scan_layers):
             if fm_path not in leaf_shapes:
                 raise MappingError(f"fmjax/hf/{family}.py links {fm_path!r}, which the {family} "
                                    f"model does not have (its params: {sorted(leaf_shapes)})")
             shape = leaf_shapes[fm_path][1:] if layer is not None else leaf_shapes[fm_path]
+            if expert is not None:
+                shape = shape[1:]
             by_hf.setdefault(hf_name, []).append(
-                Placement(link, fm_path, layer, hf_name, tuple(shape)))
+                Placement(link, fm_path, layer, hf_name, tuple(shape), expert=expert))
     hf_shapes, by_fm = {}, {}
     for hf_name, parts in by_hf.items():
         offset, shapes = 0, []
@@ -278,9 +290,11 @@ def plan(links: list[Link], leaf_shapes: dict[str, tuple[int, ...]], *, scan_lay
             by_fm.setdefault(p.fm_path, []).append(p)
     for fm_path, shape in leaf_shapes.items():
         parts = by_fm.get(fm_path, [])
+        per_block = parts[0].link.experts or 1 if parts else 1
         layers = sorted(p.layer for p in parts if p.layer is not None)
-        ok = (len(parts) == 1 and parts[0].layer is None) or (
-            len(parts) == shape[0] and layers == list(range(shape[0])))
+        ok = (len(parts) == per_block and parts[0].layer is None) or (
+            len(parts) == shape[0] * per_block
+            and layers == sorted(list(range(shape[0])) * per_block))
         if not ok:
             raise MappingError(f"fmjax param {fm_path!r} {shape} is linked {len(parts)} times in "
                                f"fmjax/hf/{family}.py; every param needs exactly one link per "
