@@ -84,3 +84,58 @@ def assert_batches_equal(a, b):
         assert x.keys() == y.keys()
         for key in x:
             np.testing.assert_array_equal(x[key], y[key])
+
+
+# ---- the fine-tune stage in-process: runs, preemption and bitwise resume --------------------
+
+def finetune_keeping_final(config, workdir, final: list):
+    """finetune_stage.finetune(config, workdir)'s report; `final` receives the host copy of the
+    train state at the run's last step (none when it was preempted first)."""
+    import jax
+
+    from fmjax.training import finetune_stage, loop
+
+    def keep(step, state, ctx):
+        final.append(jax.tree.map(np.asarray, jax.device_get(state)))
+    return finetune_stage.finetune(config, workdir, hooks=[loop.Hook(keep, every=0)])
+
+
+def metrics_rows(workdir) -> list[dict]:
+    import json
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def preempted_and_resumed(monkeypatch, step: int, config, workdir):
+    """The host train state at the end of a fine-tune into `workdir` that gets SIGTERM right
+    after saving the checkpoint of `step` (the loop stops there, as on a preemption) and is then
+    run again with the same config (it resumes from that checkpoint)."""
+    import signal
+
+    from fmjax.training import checkpoint
+    original = checkpoint.save
+
+    def save_then_signal(manager, saved_step, *args, **kwargs):
+        out = original(manager, saved_step, *args, **kwargs)
+        if saved_step == step and not os.environ.get("RESUMED"):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(checkpoint, "save", save_then_signal)
+    final = []
+    first = finetune_keeping_final(config, workdir, final)
+    assert first.preempted and first.steps == step and not final
+    monkeypatch.setenv("RESUMED", "1")
+    finetune_keeping_final(config, workdir, final)
+    return final[0]
+
+
+def assert_trees_bitwise_equal(a, b) -> list:
+    """Same leaves (paths, dtypes, bytes) in trees `a` and `b`; returns `a`'s (path, leaf)."""
+    import jax
+    flat_a, flat_b = (jax.tree_util.tree_flatten_with_path(x)[0] for x in (a, b))
+    assert len(flat_a) == len(flat_b)
+    for (path, x), (path_b, y) in zip(flat_a, flat_b):
+        assert path == path_b and x.dtype == y.dtype and x.tobytes() == y.tobytes(), \
+            jax.tree_util.keystr(path)
+    return flat_a

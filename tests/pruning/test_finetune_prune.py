@@ -2,17 +2,15 @@
 tiny pretrained run): the sparsity reaches the target and is logged, the best checkpoint is
 chosen among steps at the target only, and a run killed (SIGTERM) mid-ramp and resumed ends
 bit for bit where an uninterrupted run does: params, optimizer state and masks."""
-import json
 import os
-import signal
 
 import jax
-import numpy as np
 import pytest
 
 from fmjax.pruning import masks
-from fmjax.training import checkpoint, finetune_stage, loop, pretrain_stage
-from tests.helpers import tiny_config
+from fmjax.training import checkpoint, pretrain_stage
+from tests.helpers import (assert_trees_bitwise_equal, finetune_keeping_final as finetune,
+                           metrics_rows, preempted_and_resumed, tiny_config)
 
 pytestmark = pytest.mark.slow
 
@@ -44,22 +42,11 @@ def pruning_config(data_dir, pretrained):
     return c
 
 
-def finetune(config, workdir, final):
-    """Runs the stage; `final` receives the host state at the last step."""
-    def keep(step, state, ctx):
-        final.append(jax.tree.map(np.asarray, jax.device_get(state)))
-    return finetune_stage.finetune(config, workdir, hooks=[loop.Hook(keep, every=0)])
-
-
-def rows(workdir):
-    return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-
-
 def test_killed_mid_ramp_and_resumed_equals_uninterrupted(pretrained, data_dir, tmp_path,
                                                           monkeypatch):
     full, final = str(tmp_path / "full"), []
     report = finetune(pruning_config(data_dir, pretrained), full, final)
-    evals = {r["step"]: r for r in rows(full) if "eval_loss" in r}
+    evals = {r["step"]: r for r in metrics_rows(full) if "eval_loss" in r}
     assert [evals[s]["sparsity"] for s in (0, 6, 12)] == [0.0, pytest.approx(0.75 * (1 - 0.25**3)),
                                                            0.75]
     assert report.best_step == 12  # the denser steps 0 and 6 scored better, and do not count
@@ -67,26 +54,12 @@ def test_killed_mid_ramp_and_resumed_equals_uninterrupted(pretrained, data_dir, 
     assert best["layers"]["mlp"]["up"]["kernel"].size * 0.75 == \
         (best["layers"]["mlp"]["up"]["kernel"] == 0).sum()
 
-    original = checkpoint.save
-
-    def save_then_signal(manager, step, *args, **kwargs):
-        out = original(manager, step, *args, **kwargs)
-        if step == 6 and not os.environ.get("RESUMED"):
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(checkpoint, "save", save_then_signal)
-    killed, again = str(tmp_path / "killed"), []
-    first = finetune(pruning_config(data_dir, pretrained), killed, again)
-    assert first.preempted and first.steps == 6 and not again
-    monkeypatch.setenv("RESUMED", "1")
-    finetune(pruning_config(data_dir, pretrained), killed, again)
-    losses = lambda w: {r["step"]: r["loss"] for r in rows(w) if "loss" in r}  # noqa: E731
+    killed = str(tmp_path / "killed")
+    resumed = preempted_and_resumed(monkeypatch, 6, pruning_config(data_dir, pretrained), killed)
+    losses = lambda w: {r["step"]: r["loss"] for r in metrics_rows(w) if "loss" in r}  # noqa: E731
     assert losses(killed) == losses(full)
-    a, b = (jax.tree_util.tree_flatten_with_path(x[0])[0] for x in (again, final))
-    assert len(a) == len(b) and any("masks" in jax.tree_util.keystr(p) for p, _ in a)
-    for (path, x), (_, y) in zip(a, b):
-        assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), jax.tree_util.keystr(path)
-    zeros = masks.flat(again[0].params)
-    kept = masks.flat(again[0].opt_state.masks)
+    a = assert_trees_bitwise_equal(resumed, final[0])
+    assert any("masks" in jax.tree_util.keystr(p) for p, _ in a)
+    zeros = masks.flat(resumed.params)
+    kept = masks.flat(resumed.opt_state.masks)
     assert all((zeros[p][~kept[p]] == 0).all() for p in kept)
