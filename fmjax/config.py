@@ -167,6 +167,10 @@ def base_config() -> ml_collections.ConfigDict:
     lr.alpha = 16.0  # adapter scale is alpha / rank
     lr.targets = "query,key,value,out,up,gate,down"  # Dense module names whose kernels get adapters
 
+    c.qat = qa = ml_collections.ConfigDict()  # finetune: quantization-aware training (fmjax/quantization/qat.py)
+    qa.scheme = ""  # fake-quantize every weight fmjax.quantize would (straight-through gradients) with this scheme: int8 | int4; the same --scheme for the export after; "" = off
+    qa.group_size = 128  # int4: contracted inputs that share a scale (the --group_size for the export after)
+
     c.prune = pr = ml_collections.ConfigDict()  # finetune: gradual pruning (fmjax/pruning/)
     pr.target_sparsity = 0.0  # fraction of each block kernel's weights zeroed from end_step on; 0 = off (one-shot: python -m fmjax.prune)
     pr.pattern = "unstructured"  # unstructured (exactly target_sparsity of each matrix) | N:M, e.g. 2:4 (N of every M kept along the contraction axis, all at end_step; target_sparsity = 1 - N/M)

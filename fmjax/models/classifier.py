@@ -53,3 +53,14 @@ def build_classifier(config, num_classes: int) -> tuple[SequenceClassifier, mode
     backbone, cfg = models.build(config)
     return SequenceClassifier(backbone, num_classes, dtype=cfg.dtype,
                               param_dtype=cfg.param_dtype), cfg
+
+
+def build_saved(config, param_shapes) -> tuple[Any, models.ModelConfig]:
+    """(model, resolved config.model) whose params a checkpoint of `config` holds, from the
+    saved shapes ({"a/b/kernel": shape}): a classification fine-tune's tree (a `head` beside
+    the `backbone`, maybe under LoRA's "model") is the classifier with the head's number of
+    classes; any other tree the family's own model (models.build)."""
+    for key in ("head/kernel", "model/head/kernel"):
+        if key in param_shapes:
+            return build_classifier(config, int(param_shapes[key][-1]))
+    return models.build(config)

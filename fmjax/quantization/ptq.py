@@ -2,15 +2,19 @@
 checkpoint, a step directory or an export; fold LoRA adapters in (as fmjax.export does);
 quantize every weight the model reads through fmjax.quantization.weights on the mesh of all
 local devices, each leaf where its float shards are; write a quantized export (loaders put
-each integer weight on its float weight's sharding, the scales on its output channels')."""
+each integer weight on its float weight's sharding, the scales on its output channels'). A
+classification fine-tune's checkpoint is its classifier (models/classifier.py), head included."""
 from __future__ import annotations
 
 import dataclasses
 import os
 
+from etils import epath
 import jax
+import orbax.checkpoint as ocp
 
-from fmjax import config as config_lib, mesh as mesh_lib, models
+from fmjax import config as config_lib, mesh as mesh_lib
+from fmjax.models import classifier
 from fmjax.nn import lora
 from fmjax.quantization import checkpoint_io, guard, schemes, transform, weights
 from fmjax.training import checkpoint
@@ -26,6 +30,16 @@ class Result:
     scales: int  # float32 scales beside them
     float_params: int  # elements left in float (norms, biases, T5's position bias)
     bytes_on_disk: int  # of the written checkpoint's params
+
+
+def saved_shapes(directory: str) -> dict[str, tuple[int, ...]]:
+    """{"a/b/kernel": shape} of the params saved in a step directory or export (their metadata;
+    no array is read)."""
+    directory, item = checkpoint.resolve_params_source(directory)
+    with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(epath.Path(directory) / item).item_metadata[checkpoint.PARAMS]
+    return {transform.leaf_key(p): tuple(m.shape)
+            for p, m in jax.tree_util.tree_flatten_with_path(meta)[0]}
 
 
 def directory_bytes(path: str) -> int:
@@ -50,7 +64,7 @@ def quantize_checkpoint(source: str, output: str, scheme_name: str,
     config = config_lib.from_json_dict(config_dict)
     config.lora.rank = 0  # the adapters are folded into the kernels below
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
-    model, cfg = models.build(config)
+    model, cfg = classifier.build_saved(config, saved_shapes(directory))  # a fine-tune's head too
     mesh = mesh_lib.make_mesh(config)
     layouts, boxed = transform.layouts(model, cfg.seq_len, mesh)
     transform.check(layouts, scheme, group_size)  # before any weight is read

@@ -94,19 +94,21 @@ def _contraction_text(shape, axes) -> str:
     return sizes[0] if len(sizes) == 1 else f"{'x'.join(sizes)} = {_contraction(shape, axes)}"
 
 
-def check_group_size(group_size: int, named_shapes: dict[str, tuple[Any, Any]]) -> None:
-    """GroupSizeError naming --group_size, the first weight it does not tile, and the sizes
-    that tile all of them (named_shapes: weight name -> (shape, contract_axes))."""
+def check_group_size(group_size: int, named_shapes: dict[str, tuple[Any, Any]], *,
+                     field: str = "--group_size", scheme_field: str = "--scheme") -> None:
+    """GroupSizeError naming `field` (the flag that set group_size), the first weight it does
+    not tile, and the sizes that tile all of them (named_shapes: weight name -> (shape,
+    contract_axes)); the last resort named is `scheme_field`=int8."""
     if group_size < 1:
-        raise GroupSizeError(f"--group_size={group_size}: must be >= 1 (int4 groups of that "
+        raise GroupSizeError(f"{field}={group_size}: must be >= 1 (int4 groups of that "
                              "many contracted inputs share a scale; e.g. 128)")
     for name, (shape, axes) in named_shapes.items():
         if group_tiles(shape, axes, group_size) is None:
             ok = working_group_sizes(list(named_shapes.values()))
             shown = [g for g in ok if g >= 8] or ok
             raise GroupSizeError(
-                f"--group_size={group_size}: weight {name} {tuple(shape)} contracts "
+                f"{field}={group_size}: weight {name} {tuple(shape)} contracts "
                 f"{_contraction_text(shape, axes)} inputs, which groups of {group_size} do not "
-                f"tile; use --group_size in "
+                f"tile; use {field} in "
                 f"{{{', '.join(map(str, shown))}}} (they tile every weight of this model), or "
-                "--scheme=int8 (per channel, no groups)")
+                f"{scheme_field}=int8 (per channel, no groups)")

@@ -22,7 +22,7 @@ import jax
 from fmjax import config as config_lib, mesh as mesh_lib, models, tasks
 from fmjax.data import tokenizer_files
 from fmjax.nn import lora
-from fmjax.quantization import guard as quantization_guard
+from fmjax.quantization import guard as quantization_guard, qat
 from fmjax.pruning import hook as pruning
 from fmjax.tasks import scores
 from fmjax.training import checkpoint, engine as engine_lib, loop
@@ -199,9 +199,9 @@ def finetune(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
     saved, tokenizer_bytes = checkpoint.read_source(source)
     quantization_guard.refuse(
         saved, path=config.init_from, field="config.init_from", tool="fine-tuning",
-        fix="fmjax has no quantization-aware training yet, so fine-tuning starts from float "
-        "weights: set --config.init_from to the float checkpoint ({source}), and quantize the "
-        "fine-tuned result with python -m fmjax.quantize")
+        fix="fine-tuning starts from float weights: set --config.init_from to the float "
+        "checkpoint ({source}), with --config.qat.scheme=int8 to train for the quantized "
+        "export, and quantize the fine-tuned result with python -m fmjax.quantize")
     has_tokenizer = bool(tokenizer_bytes)
     if not has_tokenizer:
         tokenizer_bytes = own_tokenizer_bytes(config, source)
@@ -219,7 +219,9 @@ def finetune(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
 
     mesh = mesh_lib.make_mesh(config)
     task = tasks.get(config)(config, tokenizer)
-    engine = engine_lib.build(config, mesh, model=task.model, model_config=task.model_config,
+    # config.qat: the weights fake-quantized in every forward pass, training and evaluation
+    model = qat.wrap(config, task.model, task.model_config.seq_len, mesh)
+    engine = engine_lib.build(config, mesh, model=model, model_config=task.model_config,
                               objective=task.objective, train_prefixes=task.head_prefixes)
     engine = pruning.attach(config, engine)  # config.prune: masks in the optimizer state
     pruning.check_resume(config, workdir)
@@ -257,7 +259,9 @@ def finetune(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
                      if config.lora.rank > 0 else engine.num_params())
         print(f"fine-tune {config.task.name} from {source}: {task.describe}; "
               f"{engine.num_params():,} parameters, {trainable:,} trained; mesh "
-              f"{dict(mesh.shape)}", flush=True)
+              f"{dict(mesh.shape)}" + (f"; quantization-aware ({config.qat.scheme}: weights "
+              "fake-quantized in training and evaluation)" if config.qat.scheme else ""),
+              flush=True)
     result = loop.run(config, workdir, plan)
     return Report(steps=result.step, task=config.task.name, best_step=keeper.tracker.best_step or 0,
                   select_metric=config.task.select_metric, best=keeper.metrics,

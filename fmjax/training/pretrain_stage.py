@@ -12,6 +12,7 @@ import jax
 from fmjax import config as config_lib, distributed, mesh as mesh_lib, models
 from fmjax.data import identity, pipeline, sources, tokenizer_files
 from fmjax.generation import sampling
+from fmjax.quantization import qat
 from fmjax.training import checkpoint, engine as engine_lib, eval_loss, loop
 from fmjax.training import workdir as workdir_lib
 
@@ -122,6 +123,7 @@ def train(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
     config_lib.validate(config, num_devices=jax.device_count(),
                         num_processes=jax.process_count())
     models.resolve(config.model)  # the model's own checks (layers, attention), before any data
+    qat.refuse_in_pretraining(config)
     # process 0 builds the shared tokenizer / TFDS cache first; then all compare what they read
     tokenizer, data_identity = distributed.process_zero_first(lambda: (
         tokenizer_files.ensure_tokenizer(config),

@@ -1,6 +1,7 @@
 """Issue 23, item 6: a quantized checkpoint is never silently dequantized into a tool that needs
-float weights. Fine-tuning (no quantization-aware training exists), the Hugging Face exporter
-and quantizing again refuse it, naming the field, the checkpoint and the float one to pass."""
+float weights. Fine-tuning (quantization-aware training too starts from float weights), the
+Hugging Face exporter and quantizing again refuse it, naming the field, the checkpoint and the
+float one to pass."""
 import pytest
 
 from fmjax.config import base_config
@@ -18,8 +19,8 @@ def test_finetune_refuses_a_quantized_checkpoint(float_export, quantized, tmp_pa
     assert message.startswith(f"config.init_from = '{quantized['int4'].path}' is a quantized "
                               "checkpoint (int4, groups of 32, made by fmjax.quantize from "
                               f"{float_export}); fine-tuning needs float weights")
-    assert "no quantization-aware training yet" in message
-    assert f"set --config.init_from to the float checkpoint ({float_export})" in message
+    assert f"set --config.init_from to the float checkpoint ({float_export}), with " \
+        "--config.qat.scheme=int8 to train for the quantized export" in message
     assert not (tmp_path / "ft").exists()  # refused before anything was written
 
 
