@@ -256,13 +256,40 @@ def _write_tokenizer(directory: str, data: bytes, converter: mapping.Converter,
         name = converter.tokenizer_files[0]
         with open(os.path.join(directory, name), "wb") as f:
             f.write(data)
-        return [name]
+        settings = _sentencepiece_config(data, converter.sentencepiece_class, tokenizer)
+        if settings is None:
+            return [name]
+        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+            json.dump(settings, f, indent=2, sort_keys=True)
+        return [name, "tokenizer_config.json"]
     with open(os.path.join(directory, HF_TOKENIZER_FILE), "wb") as f:
         f.write(data)
     ids = {name: tokenizer[name] for name in hf_tokenizer.HF_TOKEN_KEYS}
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
         json.dump(hf_tokenizer.token_names(data, ids), f, indent=2, sort_keys=True)
     return [HF_TOKENIZER_FILE, "tokenizer_config.json"]
+
+
+def _sentencepiece_config(data: bytes, tokenizer_class: str | None, tokenizer) -> dict | None:
+    """tokenizer_config.json for an fmjax SentencePiece model: transformers' slow `legacy`
+    reading of the model (no prefix space added, spaces kept on decode), bos first when fmjax
+    starts documents with it, and the special tokens by their pieces. None without a class
+    (the family's own) or for bytes that are not a SentencePiece model."""
+    import sentencepiece as spm
+    if tokenizer_class is None:
+        return None
+    try:
+        sp = spm.SentencePieceProcessor(model_proto=data)
+    except RuntimeError:
+        return None
+    out = {"tokenizer_class": tokenizer_class, "legacy": True, "add_prefix_space": False,
+           "add_bos_token": tokenizer.bos_id >= 0, "add_eos_token": False,
+           "clean_up_tokenization_spaces": False}
+    for name in ("bos", "eos", "unk", "pad"):
+        token_id = tokenizer[f"{name}_id"]
+        if 0 <= token_id < sp.get_piece_size():
+            out[f"{name}_token"] = sp.id_to_piece(token_id)
+    return out
 
 
 def _hf_config(converter: mapping.Converter, cfg, tokenizer, dtype: str) -> dict:

@@ -196,6 +196,10 @@ class Converter:
     base_prefix: str = ""
     # SentencePiece model files the HF directory may hold (T5: spiece.model), first found wins
     tokenizer_files: tuple[str, ...] = ("tokenizer.model",)
+    # transformers' class that reads an fmjax-trained SentencePiece model on export (written to
+    # tokenizer_config.json, so that transformers and vLLM do not guess one from model_type);
+    # None writes no tokenizer_config.json (T5 keeps spiece.model's own T5Tokenizer)
+    sentencepiece_class: str | None = "LlamaTokenizer"
     # extra ids after the pieces that are span-corruption sentinels when the directory's
     # tokenizer_config.json does not say (T5: 100, <extra_id_k> = pieces + 99 - k)
     default_sentinels: int = 0

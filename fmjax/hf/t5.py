@@ -121,7 +121,8 @@ def converter(family: str, feed_forward_proj: str, sibling: str) -> mapping.Conv
         config_to_hf=config_to_hf, links=links,
         ignored=lambda cfg: (r"EncDecAttention\.relative_attention_bias\.weight$",),
         aliases=lambda cfg: {} if cfg.tie_embeddings else {"lm_head.weight": ("shared.weight",)},
-        copies=copies, tokenizer_files=("spiece.model",), default_sentinels=100)
+        copies=copies, tokenizer_files=("spiece.model",), default_sentinels=100,
+        sentencepiece_class=None)
 
 
 mapping.register(converter("t5", "relu", sibling="t5_1_1"))
