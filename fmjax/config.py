@@ -27,6 +27,8 @@ MESH_AXES = (
     ("fsdp", 1, True, "fully-sharded data-parallel axis size (params sharded over it)"),
     ("expert", 1, True, "expert-parallel axis size: MoE experts split over it; dense layers "
                         "see it as more data parallelism (fmjax/nn/moe.py)"),
+    ("context", 1, False, "context-parallel axis size: each row's tokens split over it "
+                          "(long sequences; docs/long-context.md)"),
     ("tensor", 1, False, "tensor-parallel axis size (heads / MLP sharded over it)"),
 )
 MESH_AXIS_NAMES = tuple(a[0] for a in MESH_AXES)
@@ -329,6 +331,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int, num_process
             _fail("mesh.tensor", sizes["tensor"], f"does not divide model.{field} = {heads}",
                   f"choose a tensor axis that divides {heads}, e.g. --config.mesh.tensor=1")
     validate_moe(m, sizes)
+    validate_context(m, sizes["context"])
 
     batch_shards = 1
     for k in BATCH_MESH_AXES:
@@ -388,6 +391,32 @@ def validate_moe(m, sizes: dict) -> None:
               "(model.moe.d_ff, else model.d_ff)", "choose a tensor axis that divides it")
     if mo.dispatch not in ("shard_map", "xla"):
         _fail("model.moe.dispatch", mo.dispatch, "unknown dispatch", "use shard_map or xla")
+
+
+# model.attention_impl values that run with mesh.context > 1 (fmjax/nn/context_attention.py,
+# in XLA); fused_cpu, cudnn and splash need whole rows
+CONTEXT_ATTENTION_IMPLS = ("auto", "fmjax", "xla")
+
+
+def validate_context(m, context: int) -> None:
+    """config.model against mesh.context (resolved): rows cut into 2 x context chunks (causal
+    load balancing, fmjax/nn/context_parallel.py), attention that can split them, no
+    attention dropout. Encoder-decoders are refused when traced (fmjax/nn/attention.py)."""
+    if context == 1:
+        return
+    multiple = 2 * context
+    if m.seq_len % multiple:
+        _fail("model.seq_len", m.seq_len, f"not a multiple of 2 x mesh.context = {multiple} "
+              "(each context shard holds an early and a late chunk of every row)",
+              f"set --config.model.seq_len={-(-m.seq_len // multiple) * multiple}, or a "
+              "mesh.context whose double divides it")
+    if m.attention_impl not in CONTEXT_ATTENTION_IMPLS:
+        _fail("model.attention_impl", m.attention_impl, f"its kernel needs whole rows and "
+              f"mesh.context = {context} splits them",
+              "set --config.model.attention_impl=xla (auto picks it too), or --config.mesh.context=1")
+    if m.dropout > 0:
+        _fail("model.dropout", m.dropout, f"attention dropout is not implemented with "
+              f"mesh.context = {context}", "set --config.model.dropout=0, or --config.mesh.context=1")
 
 
 def parse_pattern(pattern: str, field: str = "config.prune.pattern") -> tuple[int, int] | None:

@@ -1,9 +1,9 @@
 """Device mesh from the config, the ONE table of logical-axis rules, and sharding helpers.
 
 Every parameter and activation is named with logical axes (`batch`, `embed`, `heads`, ...);
-`LOGICAL_RULES` maps them onto the mesh axes `data`, `fsdp`, `expert`, `tensor` (the axes and
-their config.mesh defaults: config.MESH_AXES). Changing the parallelism strategy means editing
-this table, nothing else.
+`LOGICAL_RULES` maps them onto the mesh axes `data`, `fsdp`, `expert`, `context`, `tensor` (the
+axes and their config.mesh defaults: config.MESH_AXES). Changing the parallelism strategy means
+editing this table, nothing else.
 """
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from fmjax.config import BATCH_MESH_AXES, MESH_AXIS_NAMES as MESH_AXES
 
 # logical axis -> mesh axes. A mesh axis already used by an earlier dimension of the same
 # array is skipped (flax semantics), so activations ('batch', 'length', 'embed') shard batch
-# over (data, fsdp, expert) and leave embed whole, while weights ('embed', 'mlp') shard embed
-# over fsdp. MoE expert weights ('experts', 'embed', 'mlp') split their experts over `expert`;
+# over (data, fsdp, expert), length over context and leave embed whole, while weights
+# ('embed', 'mlp') shard embed over fsdp. MoE expert weights ('experts', 'embed', 'mlp') split their experts over `expert`;
 # its mesh axes must be among the batch's (fmjax/nn/moe.py gathers an expert group's tokens).
 LOGICAL_RULES = (
     ("batch", BATCH_MESH_AXES),
     ("experts", "expert"),
-    ("length", None),
+    ("length", "context"),  # context parallelism: fmjax/nn/context_parallel.py
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
@@ -47,7 +47,7 @@ def mesh_shape(config, num_devices: int, num_processes: int | None = None) -> di
 
 
 def make_mesh(config, devices=None, num_processes: int | None = None) -> Mesh:
-    """The (data, fsdp, expert, tensor) mesh over `devices` (default: all), laid on the chip grid by
+    """The (data, fsdp, expert, context, tensor) mesh over `devices` (default: all), laid on the chip grid by
     jax.make_mesh. Devices of several TPU slices (multislice; each device's `slice_index`) get
     a hybrid mesh: the slices stack along mesh.data (or mesh.fsdp when data is 1), so only
     that axis crosses the data-center network between slices, the others stay on each slice's

@@ -21,12 +21,13 @@ def check(config, devices=8, processes=1):
 def test_fill_axis_resolves_to_the_devices_left():
     c = tiny_config()
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = -1, 2, 2
-    assert check(c) == {"data": 2, "fsdp": 2, "expert": 1, "tensor": 2}
+    assert check(c) == {"data": 2, "fsdp": 2, "expert": 1, "context": 1, "tensor": 2}
 
 
 @pytest.mark.parametrize("edit,message", [
     (lambda c: c.mesh.update(data=2, fsdp=1, tensor=3),
-     r"data\*fsdp\*expert\*tensor = 6 but 8 devices are visible; set --config.mesh.data=-1"),
+     r"data\*fsdp\*expert\*context\*tensor = 6 but 8 devices are visible; set "
+     r"--config.mesh.data=-1"),
     (lambda c: c.mesh.update(data=-1, fsdp=-1),
      r"config.mesh.fsdp = -1: only one mesh axis may be -1"),
     (lambda c: c.model.update(d_model=30, n_heads=8),
@@ -55,6 +56,14 @@ def test_fill_axis_resolves_to_the_devices_left():
     (lambda c: c.mesh.update(tensor=8) or c.model.update(n_heads=8, d_ff=36)
      or c.model.moe.update(num_experts=4),
      r"config.mesh.tensor = 8: does not divide the expert width 36"),
+    (lambda c: c.mesh.update(context=4) or c.model.update(seq_len=36),
+     r"config.model.seq_len = 36: not a multiple of 2 x mesh.context = 8 .*"
+     r"--config.model.seq_len=40"),
+    (lambda c: c.mesh.update(context=2) or c.model.update(attention_impl="splash"),
+     r"config.model.attention_impl = 'splash': its kernel needs whole rows and mesh.context = "
+     r"2 splits them; set --config.model.attention_impl=xla"),
+    (lambda c: c.mesh.update(context=2) or c.model.update(dropout=0.1),
+     r"config.model.dropout = 0.1: attention dropout is not implemented with mesh.context = 2"),
     (lambda c: c.model.update(remat_policy="everything"),
      r"config.model.remat_policy = 'everything': unknown policy; use one of none, full"),
     (lambda c: c.model.update(attention_impl="flash"),

@@ -26,11 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from fmjax import mesh as mesh_lib
+from fmjax.config import CONTEXT_ATTENTION_IMPLS
 
 CONTIGUOUS, ZIGZAG = "contiguous", "zigzag"
-# model.attention_impl values that run under context parallelism (all the same XLA path,
-# fmjax/nn/context_attention.py); fused_cpu, cudnn and splash need whole rows
-IMPLEMENTATIONS = ("auto", "fmjax", "xla")
+IMPLEMENTATIONS = CONTEXT_ATTENTION_IMPLS  # attention_impl values that split rows
 _LAYOUT = contextvars.ContextVar("fmjax_row_layout", default=CONTIGUOUS)
 
 
