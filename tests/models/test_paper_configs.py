@@ -31,6 +31,7 @@ PUBLISHED = {  # released checkpoints' counts (HF `num_parameters()`, tied table
     "t5_1_1_large": 783_150_080,
     "llama2_7b": 6_738_415_616,
     "llama3_8b": 8_030_261_248,
+    "llama3_8b_32k": 8_030_261_248,  # the same model on 32K-token rows (context parallelism)
     "mixtral_8x7b": 46_702_792_704,  # recomputed from the release config.json (see header)
     "switch_base_8": 619_339_008,  # T5-Base + 12 sparse layers x (7 x 2 x 768 x 3072 + 768 x 8)
 }
