@@ -28,7 +28,6 @@ sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from fmjax.nn import context_attention as ca, context_parallel as cp  # noqa: E402
 from fmjax.nn.masks import attention_mask  # noqa: E402
@@ -167,15 +166,10 @@ def ring_attention(q_BTHK, k_BTGK, v_BTGK, segment_ids_BT, positions_BT, prefix_
     mesh = jax.sharding.get_abstract_mesh()
     seq_axes = cp.sequence_axes(mesh)
     shards = cp.context_size(mesh)
-    b, t, h = q_BTHK.shape[:3]
-    g = k_BTGK.shape[2]
-    batch = ca._mesh_axes("batch", b, mesh)
-    heads, kv_heads = ca._mesh_axes("heads", h, mesh), ca._mesh_axes("kv_heads", g, mesh)
-    if heads is None or kv_heads is None or heads != kv_heads:
-        heads = kv_heads = None
+    t, h = q_BTHK.shape[1:3]
     index_T = jnp.asarray(cp.natural_index(t, shards, layout))
     scale_ = q_BTHK.shape[-1] ** -0.5 if scale is None else scale
-    ring = make_ring(seq_axes, shards, causal, scale_, h // g)
+    ring = make_ring(seq_axes, shards, causal, scale_, h // k_BTGK.shape[2])
 
     def local(q, k, v, seg, pos, *prefix):
         length = q.shape[1]
@@ -185,14 +179,8 @@ def ring_attention(q_BTHK, k_BTGK, v_BTGK, segment_ids_BT, positions_BT, prefix_
         kv_rows = (seg, pos, idx, prefix[0] if prefix else None)
         return ring(q, k, v, q_rows, kv_rows)
 
-    seq = seq_axes if len(seq_axes) > 1 else seq_axes[0]
-    per_head = P(batch, seq, heads, None)
-    per_row = P(batch, seq)
-    prefix = () if prefix_mask_BT is None else (prefix_mask_BT,)
-    return jax.shard_map(local, mesh=mesh,
-                         in_specs=(per_head,) * 3 + (per_row,) * (2 + len(prefix)),
-                         out_specs=per_head, check_vma=False)(
-        q_BTHK, k_BTGK, v_BTGK, segment_ids_BT, positions_BT, *prefix)
+    return ca.over_sequence(local, q_BTHK, k_BTGK, v_BTGK, segment_ids_BT, positions_BT,
+                            prefix_mask_BT)
 
 
 def check_equal() -> None:

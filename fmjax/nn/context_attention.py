@@ -97,23 +97,18 @@ def context_attention(q_BTHK, k_BTGK, v_BTGK, segment_ids_BT, positions_BT, pref
                       *, causal: bool, scale=None, layout: str = cp.CONTIGUOUS):
     """out [B, T, H, K] of self-attention whose length axis is split over the current mesh's
     sequence axes (cp.sequence_axes); inputs [B, T, ...] as the Attention module has them
-    (`layout`: the order of the rows, cp.CONTIGUOUS or cp.ZIGZAG). The batch and heads split
-    over their LOGICAL_RULES axes where those divide them."""
+    (`layout`: the order of the rows, cp.CONTIGUOUS or cp.ZIGZAG); see `over_sequence` for
+    how they are split."""
     mesh = jax.sharding.get_abstract_mesh()
     seq_axes = cp.sequence_axes(mesh)
     shards = cp.context_size(mesh)
-    b, t, h = q_BTHK.shape[:3]
-    g = k_BTGK.shape[2]
+    t, h = q_BTHK.shape[1:3]
     if t % shards or (layout == cp.ZIGZAG and t % (2 * shards)):
         raise ValueError(f"row length {t} does not split into {shards} context shards "
                          f"({layout}); config.validate checks model.seq_len")
-    batch = _mesh_axes("batch", b, mesh)
-    heads, kv_heads = _mesh_axes("heads", h, mesh), _mesh_axes("kv_heads", g, mesh)
-    if heads is None or kv_heads is None or heads != kv_heads:
-        heads = kv_heads = None  # query head j must meet its kv head on the same device
     index_T = jnp.asarray(cp.natural_index(t, shards, layout))
     skip = causal and prefix_mask_BT is None and layout == cp.ZIGZAG
-    groups = h // g
+    groups = h // k_BTGK.shape[2]
 
     def local(q_BLHK, k_BLGK, v_BLGK, seg_BL, pos_BL, *prefix):
         gather = lambda x: jax.lax.all_gather(x, seq_axes, axis=1, tiled=True)  # noqa: E731
@@ -141,6 +136,25 @@ def context_attention(q_BTHK, k_BTGK, v_BTGK, segment_ids_BT, positions_BT, pref
                           kv_rows)
         return jnp.concatenate([out_early, out_late], axis=1)
 
+    return over_sequence(local, q_BTHK, k_BTGK, v_BTGK, segment_ids_BT, positions_BT,
+                         prefix_mask_BT)
+
+
+def over_sequence(local, q_BTHK, k_BTGK, v_BTGK, segment_ids_BT, positions_BT,
+                  prefix_mask_BT=None):
+    """local(q, k, v, segment ids, positions[, prefix mask]) -> out [B, L, H, K] run on each
+    device's slice in a jax.shard_map over the current mesh: every input split along its batch
+    (LOGICAL_RULES' `batch` axes, where they divide it) and its length (the sequence's axes);
+    q, k, v also along their heads when the `heads` and `kv_heads` axes are the same and divide
+    both (query head j meets its kv head on the same device), else whole."""
+    mesh = jax.sharding.get_abstract_mesh()
+    seq_axes = cp.sequence_axes(mesh)
+    b, _, h = q_BTHK.shape[:3]
+    g = k_BTGK.shape[2]
+    batch = _mesh_axes("batch", b, mesh)
+    heads, kv_heads = _mesh_axes("heads", h, mesh), _mesh_axes("kv_heads", g, mesh)
+    if heads is None or kv_heads is None or heads != kv_heads:
+        heads = None
     seq = seq_axes if len(seq_axes) > 1 else seq_axes[0]
     per_head = P(batch, seq, heads, None)
     per_row = P(batch, seq)
