@@ -108,6 +108,19 @@ def load_config():
     return FLAGS.config
 
 
+def checkpoint_source(workdir: str | None, checkpoint: str | None,
+                      step: int | None) -> tuple[str, str]:
+    """(path, its flag) of a CLI's --workdir=DIR [--step=N] | --checkpoint=PATH flags: exactly
+    one of the two, and --step only with --workdir; else a UsageError saying which."""
+    if (workdir is None) == (checkpoint is None):
+        raise UsageError("pass one of --workdir=DIR (a run) or --checkpoint=PATH (a checkpoint "
+                         "step directory or an export)")
+    if step is not None and checkpoint is not None:
+        raise UsageError(f"--step={step} picks a step of --workdir; with "
+                         f"--checkpoint={checkpoint} leave it out")
+    return (checkpoint, "--checkpoint") if checkpoint is not None else (workdir, "--workdir")
+
+
 def load_checkpoint(workdir: str, step: int | None = None, tokenizer: str | None = None,
                     flag: str = "--workdir"):
     """fmjax.generation.loading.load_run for the `flag` (--workdir), --step and --tokenizer

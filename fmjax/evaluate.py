@@ -35,15 +35,11 @@ def main(argv):
     from fmjax.evals import suite
     if FLAGS.num_fewshot < 0 or FLAGS.limit < 0 or FLAGS.batch_tokens < 1:
         raise cli.UsageError("--num_fewshot and --limit must be >= 0, --batch_tokens >= 1")
-    if (FLAGS.workdir is None) == (FLAGS.checkpoint is None):
-        raise cli.UsageError("give one of --workdir=RUN_DIR or --checkpoint=PATH")
-    if FLAGS.checkpoint is not None and FLAGS.step is not None:
-        raise cli.UsageError("--step picks a checkpoint of --workdir; --checkpoint names one")
+    source, flag = cli.checkpoint_source(FLAGS.workdir, FLAGS.checkpoint, FLAGS.step)
     for name in FLAGS.tasks:  # an unknown name fails before the checkpoint loads
         evals.get(name)
-    source = FLAGS.workdir or FLAGS.checkpoint
-    engine, params, tokenizer, step = cli.load_checkpoint(
-        source, FLAGS.step, FLAGS.tokenizer, "--workdir" if FLAGS.workdir else "--checkpoint")
+    engine, params, tokenizer, step = cli.load_checkpoint(source, FLAGS.step, FLAGS.tokenizer,
+                                                          flag)
     batch_rows = max(1, FLAGS.batch_tokens // engine.model_config.seq_len)
     scores = suite.evaluate(engine, params, tokenizer, FLAGS.tasks, num_fewshot=FLAGS.num_fewshot,
                             limit=FLAGS.limit, seed=FLAGS.seed, batch_rows=batch_rows)

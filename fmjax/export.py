@@ -41,12 +41,7 @@ def _checked_flags() -> tuple[str, str]:
         raise cli.UsageError(f"--format={FLAGS.format}: unknown format; use --format=params "
                              "(a params-only checkpoint) or --format=stablehlo (a serving "
                              "artifact)")
-    if (FLAGS.workdir is None) == (FLAGS.checkpoint is None):
-        raise cli.UsageError("pass one of --workdir=DIR (a run) or --checkpoint=PATH (a "
-                             "checkpoint step directory or an export)")
-    if FLAGS.step is not None and FLAGS.checkpoint is not None:
-        raise cli.UsageError(f"--step={FLAGS.step} picks a step of --workdir; with "
-                             f"--checkpoint={FLAGS.checkpoint} leave it out")
+    source, flag = cli.checkpoint_source(FLAGS.workdir, FLAGS.checkpoint, FLAGS.step)
     if FLAGS.format == "params":
         for name in STABLEHLO_ONLY:
             if FLAGS[name].present:
@@ -58,9 +53,7 @@ def _checked_flags() -> tuple[str, str]:
         raise cli.UsageError(f"--platforms={','.join(FLAGS.platforms)}: unknown platform "
                              f"{unknown[0]!r}; use a comma-separated subset of "
                              f"{','.join(stablehlo_export.KNOWN_PLATFORMS)}")
-    if FLAGS.checkpoint is not None:
-        return FLAGS.checkpoint, "--checkpoint"
-    return FLAGS.workdir, "--workdir"
+    return source, flag
 
 
 def main(argv):

@@ -35,17 +35,12 @@ def main(argv):
     from fmjax import config as config_lib
     from fmjax.pruning import one_shot
     from fmjax.training import checkpoint
-    if (FLAGS.workdir is None) == (FLAGS.checkpoint is None):
-        raise cli.UsageError("give one of --workdir=RUN_DIR or --checkpoint=PATH")
-    if FLAGS.checkpoint is not None and FLAGS.step is not None:
-        raise cli.UsageError("--step picks a checkpoint of --workdir; --checkpoint names one")
+    source, flag = cli.checkpoint_source(FLAGS.workdir, FLAGS.checkpoint, FLAGS.step)
     if os.path.exists(FLAGS.output):
         raise cli.UsageError(f"--output={FLAGS.output} exists; choose a new directory")
-    source = FLAGS.workdir or FLAGS.checkpoint
     try:  # flag mistakes fail before the checkpoint loads
         one_shot.resolve(FLAGS.method, FLAGS.sparsity, FLAGS.pattern)
-        engine, params, _, step = cli.load_checkpoint(
-            source, FLAGS.step, FLAGS.tokenizer, "--workdir" if FLAGS.workdir else "--checkpoint")
+        engine, params, _, step = cli.load_checkpoint(source, FLAGS.step, FLAGS.tokenizer, flag)
         step_source = source if FLAGS.step is None else os.path.join(
             checkpoint.checkpoint_dir(source), str(FLAGS.step))
         path, summary = one_shot.export(step_source, FLAGS.output, engine, params,

@@ -29,17 +29,12 @@ def main(argv):
     import os
     from fmjax.quantization import ptq, schemes
     from fmjax.training import checkpoint
-    if (FLAGS.workdir is None) == (FLAGS.checkpoint is None):
-        raise cli.UsageError("give one of --workdir=RUN_DIR or --checkpoint=PATH")
-    if FLAGS.checkpoint is not None and FLAGS.step is not None:
-        raise cli.UsageError("--step picks a checkpoint of --workdir; --checkpoint names one")
+    source, flag = cli.checkpoint_source(FLAGS.workdir, FLAGS.checkpoint, FLAGS.step)
     scheme = schemes.get(FLAGS.scheme)  # an unknown name fails before anything is read
     if not scheme.grouped and FLAGS["group_size"].present:
         raise cli.UsageError(f"--group_size={FLAGS.group_size}: --scheme={scheme.name} has one "
                              "scale per output channel, no groups; drop --group_size or use "
                              "--scheme=int4")
-    flag, source = (("--workdir", FLAGS.workdir) if FLAGS.workdir else
-                    ("--checkpoint", FLAGS.checkpoint))
     if FLAGS.step is not None:
         source = os.path.join(checkpoint.checkpoint_dir(FLAGS.workdir), str(FLAGS.step))
     try:

@@ -173,7 +173,8 @@ def tiny_v5p():
 
 def test_tiny_model_fits_and_memory_adds_up(tiny_v5p):
     r, m = tiny_v5p, tiny_v5p.memory
-    assert r.fits and r.compiled is not None and r.mesh == {"data": 4, "fsdp": 1, "tensor": 1}
+    assert r.fits and r.compiled is not None
+    assert r.mesh == {"data": 4, "fsdp": 1, "expert": 1, "context": 1, "tensor": 1}
     engine = engine_lib.build(r.config, aot.make_mesh(r.config, r.target))
     total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(engine.abstract_state))
     params = info.summarize(r.config)["total_params"]
@@ -295,13 +296,13 @@ def test_train_mesh_on_two_slices_crosses_them_only_along_data():
     target = targets.resolve_target("v5p-8", num_slices=2)
     mesh = mesh_lib.make_mesh(tiny_config(**{"mesh.data": 2, "mesh.fsdp": -1}), target.devices,
                               target.processes)
-    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
-    slice_of = np.vectorize(lambda d: d.slice_index)(mesh.devices)
-    np.testing.assert_array_equal(slice_of[:, :, 0], [[0] * 4, [1] * 4])
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "expert": 1, "context": 1, "tensor": 1}
+    slice_of = np.vectorize(lambda d: d.slice_index)(mesh.devices)  # [data, fsdp, 1, 1, 1]
+    np.testing.assert_array_equal(slice_of[:, :, 0, 0, 0], [[0] * 4, [1] * 4])
     # with data 1, fsdp spans the slices instead; neither a multiple of 2: refused with the fix
     mesh = mesh_lib.make_mesh(tiny_config(**{"mesh.data": 1, "mesh.fsdp": -1}), target.devices,
                               target.processes)
-    assert sorted(set(np.vectorize(lambda d: d.slice_index)(mesh.devices)[0, :4, 0])) == [0]
+    assert sorted(set(np.vectorize(lambda d: d.slice_index)(mesh.devices)[0, :4, 0, 0, 0])) == [0]
     with pytest.raises(config_lib.ConfigError, match=r"span 2 TPU slices.*--config.mesh.data=2"):
         mesh_lib.make_mesh(tiny_config(**{"mesh.data": 1, "mesh.fsdp": 1, "mesh.tensor": -1,
                                           "model.n_heads": 8}), target.devices, target.processes)

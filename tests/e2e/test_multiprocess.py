@@ -87,7 +87,8 @@ def test_two_processes_killed_resumed_on_two_then_one_equal_one_process(
     # 2 processes, SIGTERM to the launcher once the first checkpoint (step 3) is written
     code, out = run_and_stop(two, launcher_env(), stop_after_step=4)
     assert code == 0, out[-4000:]
-    assert "[p0] model" in out and "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in out
+    assert "[p0] model" in out
+    assert "mesh {'data': 2, 'fsdp': 2, 'expert': 1, 'context': 1, 'tensor': 2}" in out
     first = int(re.search(r"\[p0\] stopped at step (\d+) \(SIGTERM\)", out).group(1))
     assert 4 <= first < STEPS and latest_step(workdir) == first
     # every process wrote its own iterator state (and its array shards) into the checkpoint
