@@ -10,21 +10,15 @@ import pytest
 from fmjax.pruning import masks
 from fmjax.training import checkpoint, pretrain_stage
 from tests.helpers import (assert_trees_bitwise_equal, finetune_keeping_final as finetune,
-                           metrics_rows, preempted_and_resumed, tiny_config)
+                           metrics_rows, preempted_and_resumed)
+from tests.training.test_loop import tiny as loop_tiny
 
 pytestmark = pytest.mark.slow
 
 
 def tiny(data_dir, **train):
-    c = tiny_config()
-    c.model.vocab_size = 512
-    c.model.seq_len = 64
-    c.tokenizer.train_chars = 1_000_000
-    c.data.tfds_data_dir = data_dir
-    c.mesh.data = -1
-    c.train.update(dict(steps=2, log_every=1, eval_every=6, eval_batches=2, checkpoint_every=6,
-                        sample_tokens=4), **train)
-    return c
+    """tests/training/test_loop.py's tiny run, 2 steps and 2 evaluation batches by default."""
+    return loop_tiny(data_dir, **{"steps": 2, "eval_batches": 2, **train})
 
 
 @pytest.fixture(scope="module")
