@@ -375,21 +375,23 @@ class Attention(nn.Module):
         values, segment ids, positions) and the index this call wrote at.
 
         The cache is created by an init call with `decode=True` on a [B, max_len] batch."""
-        b, t = k_BTGK.shape[:2]
+        b, t, g, d = k_BTGK.shape
         is_init = not self.has_variable("cache", "cached_key")
-        key = self.variable("cache", "cached_key", jnp.zeros, k_BTGK.shape, k_BTGK.dtype)
-        value = self.variable("cache", "cached_value", jnp.zeros, v_BTGK.shape, v_BTGK.dtype)
+        # head-major [B, G, S, K]: the layout attention's batched matmuls read, so a decode
+        # step uses the cache in place instead of re-laying it out per layer per step
+        key = self.variable("cache", "cached_key", jnp.zeros, (b, g, t, d), k_BTGK.dtype)
+        value = self.variable("cache", "cached_value", jnp.zeros, (b, g, t, d), v_BTGK.dtype)
         seg = self.variable("cache", "segment_ids", jnp.zeros, (b, t), jnp.int32)
         pos = self.variable("cache", "positions", jnp.zeros, (b, t), jnp.int32)
         index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
         if is_init:
             return k_BTGK, v_BTGK, segment_ids_BT, positions_BT, 0
         i = index.value
-        key.value = jax.lax.dynamic_update_slice(key.value, k_BTGK.astype(key.value.dtype),
-                                                 (0, i, 0, 0))
-        value.value = jax.lax.dynamic_update_slice(value.value, v_BTGK.astype(value.value.dtype),
-                                                   (0, i, 0, 0))
+        head_major = lambda x_BTGK: jnp.swapaxes(x_BTGK, 1, 2).astype(key.value.dtype)  # noqa: E731
+        key.value = jax.lax.dynamic_update_slice(key.value, head_major(k_BTGK), (0, 0, i, 0))
+        value.value = jax.lax.dynamic_update_slice(value.value, head_major(v_BTGK), (0, 0, i, 0))
         seg.value = jax.lax.dynamic_update_slice(seg.value, segment_ids_BT.astype(jnp.int32), (0, i))
         pos.value = jax.lax.dynamic_update_slice(pos.value, positions_BT.astype(jnp.int32), (0, i))
         index.value = i + t
-        return key.value, value.value, seg.value, pos.value, i
+        return (jnp.swapaxes(key.value, 1, 2), jnp.swapaxes(value.value, 1, 2), seg.value,
+                pos.value, i)

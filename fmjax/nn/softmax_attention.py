@@ -172,8 +172,9 @@ def _cpu_attention_chunks(batch: int) -> int:
 
 
 def chunked_attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, bias_BHTS=None, scale=None):
-    """attention_core over `_cpu_attention_chunks` independent slices of the batch."""
-    n = _cpu_attention_chunks(q_BTHK.shape[0])
+    """attention_core over `_cpu_attention_chunks` independent slices of the batch; one query
+    per row (a decode step) stays whole: its matmuls are too small to gain from the split."""
+    n = _cpu_attention_chunks(q_BTHK.shape[0]) if q_BTHK.shape[1] > 1 else 1
     if n == 1:
         return attention_core(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, bias_BHTS, scale)
     split = lambda a: (jnp.split(a, n, axis=0) if a is not None and a.shape[0] > 1

@@ -208,7 +208,7 @@ def test_artifact_files_manifest_and_symbolic_shapes(cases):
     assert kernel.dtype == np.float32 and kernel.shape == (32, 2, 4)
     assert manifest["weights"]["arrays"]["layer_0/attn/key/kernel"]["model_dtype"] == "bfloat16"
     np.testing.assert_array_equal(kernel.astype(jnp.bfloat16).astype(np.float32), kernel)
-    assert manifest["cache"]["layer_0/attn/cached_key"]["shape"] == ["b", 64, 2, 4]
+    assert manifest["cache"]["layer_0/attn/cached_key"]["shape"] == ["b", 2, 64, 4]  # [B, G, S, K]
     prefill, decode = (jax.export.deserialize(bytearray(open(
         os.path.join(artifact, f"{n}.jax_export"), "rb").read())) for n in ("prefill", "decode"))
     assert [str(d) for d in prefill.in_avals[-1].shape] == ["b", "q + 1"]
