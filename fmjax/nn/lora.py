@@ -20,6 +20,13 @@ unit-variance rank features), so the scale of B's gradient does not depend on th
 scale = alpha / rank as in the paper. B = 0 makes A @ B exactly 0, so at init W_eff == W
 bitwise (W + 0.0 == W for every W but -0.0, which becomes +0.0: equal under ==).
 
+A quantized kernel (integers + `kernel_scale`, fmjax/quantization/: the frozen base of QLoRA,
+Dettmers et al. 2023, arXiv:2305.14314) cannot take a float sum: its adapters go beside it
+instead, as `kernel_lora_a` = A and `kernel_lora_b` = (alpha / rank) B, and the weights hook
+(fmjax.quantization.weights.weight) adds `low_rank_delta` to the kernel it dequantizes, inside
+each layer. So no float copy of the stacked base is ever formed, and a params tree with these
+siblings is itself a loadable quantized model (a QLoRA run's best/ export).
+
 Adapters mirror the params tree down to the module: the kernel at
 `.../attn/query/kernel` has its adapter at `.../attn/query/{lora_a, lora_b}`. Keep them beside
 the params as {"model": params, "lora": adapters}; `trainable_mask` + `masked_optimizer` give
@@ -42,6 +49,8 @@ import optax
 from fmjax.config import ConfigError, base_config, did_you_mean
 
 A_KEY, B_KEY = "lora_a", "lora_b"
+# beside a quantized `kernel`: A, and B already times alpha / rank (module docstring)
+A_SIBLING, B_SIBLING = "kernel_" + A_KEY, "kernel_" + B_KEY
 MODEL_KEY, LORA_KEY = "model", "lora"  # the state's params: {MODEL_KEY: params, LORA_KEY: adapters}
 
 Path = tuple[str, ...]
@@ -125,8 +134,10 @@ def init_adapters(params, rank: int, targets: str | Sequence[str], rng) -> dict:
         in_shape = w.shape[lead:in_end]
         key = jax.random.fold_in(rng, zlib.crc32("/".join(path).encode()) & 0x7FFFFFFF)
         std = 1.0 / math.sqrt(math.prod(in_shape))
-        a = jax.random.normal(key, (*w.shape[:in_end], rank), w.dtype) * jnp.asarray(std, w.dtype)
-        b = jnp.zeros((*w.shape[:lead], rank, *w.shape[in_end:]), w.dtype)
+        # a quantized (integer) kernel's adapters train in float32
+        dtype = w.dtype if jnp.issubdtype(w.dtype, jnp.floating) else jnp.float32
+        a = jax.random.normal(key, (*w.shape[:in_end], rank), dtype) * jnp.asarray(std, dtype)
+        b = jnp.zeros((*w.shape[:lead], rank, *w.shape[in_end:]), dtype)
         names = tuple(box.names)
         _set(adapters, path[:-1] + (A_KEY,), box.replace(value=a, names=(*names[:in_end], None)))
         _set(adapters, path[:-1] + (B_KEY,),
@@ -140,22 +151,36 @@ def abstract_adapters(params, rank: int, targets: str | Sequence[str]) -> dict:
                           jax.random.PRNGKey(0))
 
 
-def _effective_kernel(w, a, b, scale: float, rank: int, path: Path):
-    lead = a.ndim + b.ndim - 2 - w.ndim  # 1 with a leading layers axis, else 0
+def _check_shapes(w_shape, a, b, rank: int, path: Path) -> int:
+    """The number of leading batch (layers) axes of kernel `w_shape`'s adapters `a`, `b`;
+    ValueError when they do not fit it."""
+    lead = a.ndim + b.ndim - 2 - len(w_shape)  # 1 with a leading layers axis, else 0
     in_end = a.ndim - 1
-    expected_a = (*w.shape[:in_end], rank)
-    expected_b = (*w.shape[:lead], rank, *w.shape[in_end:])
+    expected_a = (*w_shape[:in_end], rank)
+    expected_b = (*w_shape[:lead], rank, *w_shape[in_end:])
     if lead not in (0, 1) or a.shape != expected_a or b.shape != expected_b:
         raise ValueError(f"LoRA adapters at {'/'.join(path)}: lora_a {a.shape} and lora_b "
-                         f"{b.shape} do not fit kernel {w.shape} with rank {rank} (expected "
-                         f"{expected_a} and {expected_b}); check config.lora.rank")
-    batch = w.shape[:lead]
-    in_features = math.prod(w.shape[lead:in_end])
+                         f"{b.shape} do not fit kernel {tuple(w_shape)} with rank {rank} "
+                         f"(expected {expected_a} and {expected_b}); check config.lora.rank")
+    return lead
+
+
+def _effective_kernel(w, a, b, scale: float, rank: int, path: Path):
+    lead = _check_shapes(w.shape, a, b, rank, path)
     compute = jnp.promote_types(w.dtype, jnp.float32)
-    a_LIR = a.astype(compute).reshape(*batch, in_features, rank)
-    b_LRO = b.astype(compute).reshape(*batch, rank, -1)
-    delta = jnp.matmul(a_LIR, b_LRO, precision=jax.lax.Precision.HIGHEST).reshape(w.shape)
+    delta = low_rank_delta(a.astype(compute), b.astype(compute), lead)
     return (w.astype(compute) + scale * delta).astype(w.dtype)
+
+
+def low_rank_delta(a, b, lead: int = 0):
+    """A @ B in the kernel's shape: a [*batch, *in_dims, rank] and b [*batch, rank, *out_dims]
+    (`lead` batch axes: a scanned stack's layers) -> [*batch, *in_dims, *out_dims]."""
+    batch, in_dims, out_dims = a.shape[:lead], a.shape[lead:-1], b.shape[lead + 1:]
+    rank = a.shape[-1]
+    a_LIR = a.reshape(*batch, math.prod(in_dims), rank)
+    b_LRO = b.reshape(*batch, rank, math.prod(out_dims))
+    return jnp.matmul(a_LIR, b_LRO, precision=jax.lax.Precision.HIGHEST).reshape(
+        *batch, *in_dims, *out_dims)
 
 
 def _fold(params, adapters, scale: float, rank: int, path: Path):
@@ -168,8 +193,25 @@ def _fold(params, adapters, scale: float, rank: int, path: Path):
                            "were they made for another model?")
         out[key] = _fold(params[key], sub, scale, rank, path + (key,))
     if A_KEY in adapters:
-        out["kernel"] = _effective_kernel(params["kernel"], adapters[A_KEY], adapters[B_KEY],
-                                          scale, rank, path)
+        w, a, b = params["kernel"], adapters[A_KEY], adapters[B_KEY]
+        if jnp.issubdtype(w.dtype, jnp.integer):  # quantized: beside it (module docstring)
+            _check_shapes(w.shape, a, b, rank, path)
+            out[A_SIBLING], out[B_SIBLING] = a, (b * jnp.asarray(scale, b.dtype))
+        else:
+            out["kernel"] = _effective_kernel(w, a, b, scale, rank, path)
+    return out
+
+
+def place_beside(params, adapters):
+    """`params` (nested dicts) with each adapter pair of `adapters` (init_adapters' layout) put
+    beside its kernel as A_SIBLING, B_SIBLING, as given (boxed or abstract): the tree a QLoRA
+    export stores (B there is already times alpha / rank, which leaves shapes and axes alone)."""
+    out = dict(params)
+    for key, sub in adapters.items():
+        if key not in (A_KEY, B_KEY):
+            out[key] = place_beside(params[key], sub)
+    if A_KEY in adapters:
+        out[A_SIBLING], out[B_SIBLING] = adapters[A_KEY], adapters[B_KEY]
     return out
 
 

@@ -2,8 +2,7 @@
 integrity}; fmjax/training/checkpoint.py), params holding the integer weights and their scales
 (transform.py), the config marked with its scheme (guard.py).
 
-Checksums are fmjax.training.integrity's, taken over the int4 leaves widened to int8 (the same
-values; integrity reads a leaf's bits as whole bytes, which 4-bit elements are not).
+Checksums are fmjax.training.integrity's (it widens int4 leaves to int8: the same values).
 """
 from __future__ import annotations
 
@@ -12,21 +11,16 @@ import os
 
 from etils import epath
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from fmjax.nn import lora
 from fmjax.quantization import guard, schemes, transform
-from fmjax.training import checkpoint, integrity
+from fmjax.training import checkpoint, integrity, step as step_lib
 from fmjax.training.checkpoint import CONFIG, INTEGRITY, PARAMS, STATE, TOKENIZER
 
 
-@jax.jit
-def _checksum_view(tree):
-    return jax.tree.map(lambda x: x.astype(jnp.int8) if x.dtype == jnp.int4 else x, tree)
-
-
 def _checksums(params) -> dict[str, str]:
-    return integrity.tree_checksums({PARAMS: _checksum_view(params)})
+    return integrity.tree_checksums({PARAMS: params})
 
 
 def write(path: str, params, config_dict: dict, tokenizer_bytes: bytes) -> str:
@@ -69,20 +63,28 @@ def read(directory: str, abstract_params, shardings):
 def load_for_engine(engine, directory: str, config_dict: dict):
     """(engine, params) of a quantized checkpoint for a model `engine` built from its config:
     the params are the integers and scales (no float copy of a quantized weight), and the
-    engine's abstract params and shardings are replaced by theirs."""
+    engine's abstract params, shardings and eval step are replaced by theirs (its train step
+    is left for float params: a quantized checkpoint trains only through QLoRA, qlora.py)."""
     entry = guard.quantization_of(config_dict)
     scheme = schemes.get(entry["scheme"])
     layouts, boxed = transform.layouts(engine.model, engine.model_config.seq_len, engine.mesh)
+    floats = set(entry.get("float_weights", ()))  # a QLoRA export's new head (qlora.py)
+    layouts = {k: layout for k, layout in layouts.items() if k not in floats}
     if entry.get("weights") not in (None, len(layouts)):
         raise checkpoint.DamagedCheckpoint(
             -1, PARAMS, f"{directory}: {entry['weights']} weights were quantized but this "
             f"model reads {len(layouts)} through fmjax.quantization; quantize the float "
             "checkpoint again with this version of fmjax")
-    abstract, shardings = transform.unboxed_and_shardings(
-        transform.abstract_quantized(boxed, layouts, scheme, entry.get("group_size", 0)),
-        engine.mesh)
+    boxed_q = transform.abstract_quantized(boxed, layouts, scheme, entry.get("group_size", 0))
+    if entry.get("adapters"):  # a QLoRA export: LoRA pairs beside their kernels (qlora.py)
+        adapters = lora.abstract_adapters(boxed, entry["adapters"]["rank"],
+                                          entry["adapters"]["targets"])
+        boxed_q = lora.place_beside(boxed_q, adapters)
+    abstract, shardings = transform.unboxed_and_shardings(boxed_q, engine.mesh)
     params = read(directory, abstract, shardings)
+    eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(engine.model, engine.objective),
+                                       shardings, engine.batch_sharding, engine.mesh)
     engine = dataclasses.replace(
         engine, abstract_state=engine.abstract_state.replace(params=abstract),
-        shardings=engine.shardings.replace(params=shardings))
+        shardings=engine.shardings.replace(params=shardings), eval_step=eval_step)
     return engine, params

@@ -2,7 +2,9 @@
 
 A quantized checkpoint's config (the saved JSON) has a top-level `quantization` entry:
 {"scheme": "int8" | "int4", "group_size": N (int4; 0 for per-channel), "weights": number of
-quantized weights, "source": the checkpoint it was made from}. Loaders branch on it
+quantized weights, "source": the checkpoint it was made from}; a QLoRA fine-tune's export
+(qlora.py) adds "base" (the quantized checkpoint it trained over), "adapters" ({"rank",
+"targets"}: LoRA pairs stored beside their kernels) and "float_weights" (weights left float). Loaders branch on it
 (fmjax.generation.loading); tools that need float weights refuse it here, by name, with what to
 pass instead. Imports no jax: finetune and the HF exporter check before they load anything.
 """
@@ -20,10 +22,11 @@ class QuantizedCheckpoint(ConfigError):
 
 
 def mark(config_dict: Mapping[str, Any], *, scheme: str, group_size: int, weights: int,
-         source: str) -> dict:
-    """A copy of `config_dict` that says it was quantized (see the module docstring)."""
+         source: str, **qlora: Any) -> dict:
+    """A copy of `config_dict` that says it was quantized (see the module docstring); a QLoRA
+    fine-tune's export adds `qlora` (qlora.py: base, adapters, float_weights)."""
     return {**config_dict, KEY: {"scheme": scheme, "group_size": int(group_size),
-                                 "weights": int(weights), "source": source}}
+                                 "weights": int(weights), "source": source, **qlora}}
 
 
 def quantization_of(config_dict: Mapping[str, Any]) -> dict | None:
@@ -36,7 +39,8 @@ def quantization_of(config_dict: Mapping[str, Any]) -> dict | None:
 
 def describe(entry: Mapping[str, Any]) -> str:
     group = f", groups of {entry['group_size']}" if entry.get("group_size") else ""
-    return f"{entry['scheme']}{group}"
+    adapters = entry.get("adapters")
+    return f"{entry['scheme']}{group}" + (f", LoRA rank {adapters['rank']}" if adapters else "")
 
 
 def refuse(config_dict: Mapping[str, Any], *, path: str, field: str, tool: str, fix: str) -> None:

@@ -136,17 +136,22 @@ def quantize_params(params, layouts_: dict[str, Layout], scheme: Scheme, group_s
     return out
 
 
-def abstract_quantized(boxed, layouts_: dict[str, Layout], scheme: Scheme, group_size: int):
-    """The boxed abstract params of the quantized model: `boxed` (the float model's, from
-    `layouts`) with each quantized leaf's dtype changed and its scale added beside it."""
+def quantize_boxed(boxed, layouts_: dict[str, Layout], scheme: Scheme, group_size: int):
+    """Boxed params (model.init's, before nn.unbox) quantized like `quantize_params`, every
+    quantized leaf keeping its logical axes and its scale boxed with `scale_names`."""
     out = mutable(boxed)
     for key, layout in layouts_.items():
         leaf = get_leaf(out, key)
-        q = jax.ShapeDtypeStruct(layout.shape, jnp.dtype(scheme.qtype))
+        q, scale = quantize_leaf(leaf.value if _is_box(leaf) else leaf, layout, scheme, group_size)
         set_leaf(out, key, leaf.replace_boxed(q) if _is_box(leaf) else q)
-        scale = jax.ShapeDtypeStruct(scale_shape(layout, scheme, group_size), jnp.float32)
         set_leaf(out, key + weights.SCALE_SUFFIX, nn.LogicallyPartitioned(scale, scale_names(layout)))
     return out
+
+
+def abstract_quantized(boxed, layouts_: dict[str, Layout], scheme: Scheme, group_size: int):
+    """The boxed abstract params of the quantized model: `boxed` (the float model's, from
+    `layouts`) with each quantized leaf's dtype changed and its scale added beside it."""
+    return jax.eval_shape(lambda tree: quantize_boxed(tree, layouts_, scheme, group_size), boxed)
 
 
 def get_leaf(tree, key: str):

@@ -6,7 +6,8 @@ as a temporary of the compiled program.
 
 `weight(module, name, w, contract_axes)` is the one hook fmjax/nn/layers.py calls, on every
 Dense kernel and Embed table: the weight itself when it is a float (every unquantized model,
-unchanged), else `dequantize(w, scale)`. It also tells `record_layouts` which axes of each
+unchanged), else `dequantize(w, scale)`, plus A @ B when LoRA adapters sit beside it
+(NAME_lora_a, NAME_lora_b: QLoRA, fmjax/nn/lora.py). It also tells `record_layouts` which axes of each
 weight a matmul contracts, which is how transform.py learns where the output channels are.
 
 Why not qwix's own model interception (qwix.quantize_model + qwix.PtqProvider): measured on
@@ -26,6 +27,8 @@ import dataclasses
 from typing import Iterator, Sequence
 
 import jax.numpy as jnp
+
+from fmjax.nn import lora
 
 SCALE_SUFFIX = "_scale"  # the param beside a quantized weight that holds its scales
 
@@ -73,4 +76,8 @@ def weight(module, name: str, w, contract_axes: Sequence[int]):
         raise ValueError(f"params {'/'.join(module.path)}/{name} is {w.dtype} without "
                          f"{name}{SCALE_SUFFIX}: a quantized checkpoint loads with "
                          "fmjax.generation.loading.load_run (fmjax/quantization/)")
-    return dequantize(w, module.get_variable("params", name + SCALE_SUFFIX))
+    w = dequantize(w, module.get_variable("params", name + SCALE_SUFFIX))
+    if module.has_variable("params", name + "_" + lora.A_KEY):  # QLoRA: adapters beside it
+        w = w + lora.low_rank_delta(module.get_variable("params", name + "_" + lora.A_KEY),
+                                    module.get_variable("params", name + "_" + lora.B_KEY))
+    return w

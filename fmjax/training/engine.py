@@ -92,7 +92,7 @@ def build(config, mesh, *, model=None, model_config=None, objective=None,
         abstract, shardings = state_lib.state_shardings(model, tx, model_config.seq_len, mesh)
     batch_sharding = mesh_lib.batch_sharding(mesh)
     train_step = step_lib.jit_train_step(
-        step_lib.make_train_step(model, objective, tx, schedule, options), shardings,
+        step_lib.make_train_step(model, objective, tx, schedule, options, trainable), shardings,
         batch_sharding, mesh)
     eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(model, objective),
                                        shardings.params, batch_sharding, mesh)

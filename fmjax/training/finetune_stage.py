@@ -22,7 +22,7 @@ import jax
 from fmjax import config as config_lib, mesh as mesh_lib, models, tasks
 from fmjax.data import tokenizer_files
 from fmjax.nn import lora
-from fmjax.quantization import guard as quantization_guard, qat
+from fmjax.quantization import guard as quantization_guard, qat, qlora
 from fmjax.pruning import hook as pruning
 from fmjax.tasks import scores
 from fmjax.training import checkpoint, engine as engine_lib, loop
@@ -136,8 +136,12 @@ class BestKeeper:
     """Tracks `task.select_metric`; on a new best exports the model's params (LoRA merged) to
     WORKDIR/best; asks the loop to stop after `task.patience` evals without improvement."""
 
-    def __init__(self, config, workdir: str, engine, tokenizer_bytes: bytes):
+    def __init__(self, config, workdir: str, engine, tokenizer_bytes: bytes, qlora_base=None):
+        """qlora_base: (qlora.QuantizedBaseModel, the checkpoint's quantization entry, its
+        path) when the run trains adapters over a quantized checkpoint; the export is then a
+        quantized checkpoint too (quantization/qlora.py)."""
         self.config, self.engine, self.tokenizer_bytes = config, engine, tokenizer_bytes
+        self.qlora_base = qlora_base
         self.dir = os.path.join(workdir, BEST_DIR)
         self.state_path = os.path.join(workdir, "best_tracker.json")
         self.tracker = scores.BestTracker(config.task.select_metric)
@@ -160,14 +164,9 @@ class BestKeeper:
             return
         if self.tracker.update(step, metrics):
             self.metrics = dict(metrics)
-            params = state.params
-            config_dict = self.config.to_dict()
-            if self.config.lora.rank > 0:
-                params = lora.merge_state_params(params, self.config.lora)
-                config_dict["lora"]["rank"] = 0
             if jax.process_index() == 0 and os.path.exists(self.dir + ".tmp"):
                 shutil.rmtree(self.dir + ".tmp")
-            checkpoint.export_params(self.dir + ".tmp", params, config_dict, self.tokenizer_bytes)
+            self._export(self.dir + ".tmp", state.params)
             if jax.process_index() == 0:
                 if os.path.exists(self.dir):
                     shutil.rmtree(self.dir)
@@ -178,6 +177,19 @@ class BestKeeper:
         self.early_stopped = self.tracker.should_stop(self.config.task.patience)
         if self.early_stopped:
             ctx.stop_early()
+
+    def _export(self, path: str, params) -> None:
+        """The params-only export of the run's state params (LoRA merged, or beside a
+        quantized base's kernels)."""
+        config_dict = self.config.to_dict()
+        if self.qlora_base:
+            model, entry, base = self.qlora_base
+            qlora.export(path, params, model, config_dict, entry, base, self.tokenizer_bytes)
+            return
+        if self.config.lora.rank > 0:
+            params = lora.merge_state_params(params, self.config.lora)
+            config_dict["lora"]["rank"] = 0
+        checkpoint.export_params(path, params, config_dict, self.tokenizer_bytes)
 
 
 def finetune(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
@@ -197,11 +209,9 @@ def finetune(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
             f"config.init_from = {config.init_from!r}: {e}; set --config.init_from to a "
             "pretraining workdir, one of its checkpoints/STEP dirs, or an export") from None
     saved, tokenizer_bytes = checkpoint.read_source(source)
-    quantization_guard.refuse(
-        saved, path=config.init_from, field="config.init_from", tool="fine-tuning",
-        fix="fine-tuning starts from float weights: set --config.init_from to the float "
-        "checkpoint ({source}), with --config.qat.scheme=int8 to train for the quantized "
-        "export, and quantize the fine-tuned result with python -m fmjax.quantize")
+    quantized = quantization_guard.quantization_of(saved)  # a QLoRA base (quantization/qlora.py)
+    if quantized:
+        qlora.check(config, quantized)
     has_tokenizer = bool(tokenizer_bytes)
     if not has_tokenizer:
         tokenizer_bytes = own_tokenizer_bytes(config, source)
@@ -221,6 +231,8 @@ def finetune(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
     task = tasks.get(config)(config, tokenizer)
     # config.qat: the weights fake-quantized in every forward pass, training and evaluation
     model = qat.wrap(config, task.model, task.model_config.seq_len, mesh)
+    if quantized:  # the pretrained part's weights are the checkpoint's integers and scales
+        model = qlora.wrap(quantized, model, task.model_config.seq_len, mesh, task.backbone_path)
     engine = engine_lib.build(config, mesh, model=model, model_config=task.model_config,
                               objective=task.objective, train_prefixes=task.head_prefixes)
     engine = pruning.attach(config, engine)  # config.prune: masks in the optimizer state
@@ -229,12 +241,14 @@ def finetune(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
 
     def init_state():
         state = engine.init_state()
-        pretrained, _, _ = checkpoint.load_params(
-            source, _subtree(engine.abstract_state.params, path),
-            _subtree(engine.shardings.params, path))
+        load = qlora.load_base if quantized else checkpoint.load_params
+        pretrained = load(source, _subtree(engine.abstract_state.params, path),
+                          _subtree(engine.shardings.params, path))
+        pretrained = pretrained if quantized else pretrained[0]
         return state.replace(params=_replace_subtree(state.params, path, pretrained))
 
-    keeper = BestKeeper(config, workdir, engine, tokenizer_bytes)
+    keeper = BestKeeper(config, workdir, engine, tokenizer_bytes,
+                        qlora_base=(model, quantized, source) if quantized else None)
     plan = loop.Plan(
         engine=engine, train_iter=task.train_iter, init_state=init_state,
         tokenizer_bytes=tokenizer_bytes, flops_per_token=engine.flops_per_token(),

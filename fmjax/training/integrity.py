@@ -25,6 +25,8 @@ def _leaf_sums(x):
     x = jnp.asarray(x)
     if x.dtype == jnp.bool_:
         x = x.astype(jnp.uint8)
+    if x.dtype in (jnp.int4, jnp.uint4):  # 4-bit elements are not whole bytes: widen (same values)
+        x = x.astype(jnp.int8 if x.dtype == jnp.int4 else jnp.uint8)
     if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
         x = jax.random.key_data(x)
     u = jax.lax.bitcast_convert_type(x, _UINT_OF_SIZE[x.dtype.itemsize]).astype(jnp.uint32)

@@ -80,14 +80,38 @@ class StepOptions:
         return {"load_balance": self.moe_load_balance, "router_z": self.moe_router_z}
 
 
-def make_train_step(model, objective, tx, schedule, options: StepOptions):
+def _value_and_grad_of(loss_fn, trainable):
+    """jax.value_and_grad(loss_fn, has_aux=True) over the params; with a `trainable` bool tree
+    (LoRA), differentiated wrt the trainable leaves only: the frozen ones get zero gradients
+    and no backward pass of their own (a quantized base's integers cannot be differentiated)."""
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+    if trainable is None:
+        return value_and_grad
+
+    def frozen_aware(params, *args):
+        train = jax.tree.map(lambda t, p: p if t else None, trainable, params)
+        merged = lambda part: jax.tree.map(  # noqa: E731
+            lambda t, q, p: q if t else p, trainable, part, params)
+        out, grads = jax.value_and_grad(lambda part: loss_fn(merged(part), *args),
+                                        has_aux=True)(train)
+        return out, jax.tree.map(lambda t, g, p: g if t else _zero_grad(p),
+                                 trainable, grads, params)
+    return frozen_aware
+
+
+def _zero_grad(p):
+    """The zero gradient of param `p`: float32 for an integer (quantized, frozen) param."""
+    return jnp.zeros(p.shape, p.dtype if jnp.issubdtype(p.dtype, jnp.inexact) else jnp.float32)
+
+
+def make_train_step(model, objective, tx, schedule, options: StepOptions, trainable=None):
     """(state, batch) -> (state, metrics). `tx` is fmjax/training/optimizer.py's transformation
-    over summed gradients (it applies trainable masks and the non-finite skip itself)."""
+    over summed gradients (it applies trainable masks and the non-finite skip itself);
+    `trainable` (a bool tree over the params, LoRA) limits differentiation to its True leaves."""
     z_loss, m = options.z_loss, options.microbatches
-    grad_fn = jax.value_and_grad(
+    grad_fn = _value_and_grad_of(
         lambda p, b, r: _loss_sums(model, objective, z_loss, p, b, r, options.deterministic,
-                                   options.moe_weights),
-        has_aux=True)
+                                   options.moe_weights), trainable)
 
     def train_step(state, batch):
         rng = jax.random.fold_in(state.rng, state.step)
@@ -100,7 +124,7 @@ def make_train_step(model, objective, tx, schedule, options: StepOptions):
                 (_, (ce, w, aux)), g = grad_fn(state.params, micro, jax.random.fold_in(rng, i))
                 return (jax.tree.map(jnp.add, grads_acc, g), ce_acc + ce, w_acc + w,
                         jax.tree.map(jnp.add, aux_acc, aux)), None
-            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            zeros = jax.tree.map(_zero_grad, state.params)
             aux0 = moe.zero_metrics() if options.moe_weights is not None else {}
             (grads, ce, w, aux), _ = jax.lax.scan(
                 body, (zeros, 0.0, 0.0, aux0), (jnp.arange(m), _split_microbatches(batch, m)))

@@ -61,7 +61,7 @@ def test_finetune_and_hf_export_refuse_it_in_one_line(quantized, tmp_path):
     line = cli_error("fmjax.finetune", "--config=configs/finetune/default.py",
                      f"--config.init_from={quantized['int8'].path}",
                      f"--workdir={tmp_path / 'ft'}")
-    assert "is a quantized checkpoint (int8" in line and "--config.qat.scheme=int8" in line
+    assert "is a quantized checkpoint (int8)" in line and "--config.lora.rank=8" in line
     line = cli_error("fmjax.convert", "export", "--family=gpt2",
                      f"--workdir_or_checkpoint={quantized['int8'].path}",
                      f"--output={tmp_path / 'hf'}")
