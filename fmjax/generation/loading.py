@@ -45,6 +45,18 @@ def _load_quantized(engine, directory: str, config_dict: dict):
     return checkpoint_io.load_for_engine(engine, directory, config_dict)
 
 
+def _refuse_classifier(directory: str, config_dict: dict) -> None:
+    """ConfigError for a classification fine-tune's checkpoint: its model ends in a label head
+    (models/classifier.py), not in the language model these loaders build."""
+    task = config_dict.get("task", {}).get("name", "lm")
+    if task != "lm":
+        raise config_lib.ConfigError(
+            f"{directory} is a {task} fine-tune (config.task.name = {task!r}): its model ends "
+            "in a label head, not in tokens; score it on its task with "
+            "fmjax.tasks.checkpoint_eval.evaluate_checkpoint, or pass the language model it "
+            f"was fine-tuned from ({config_dict.get('init_from') or 'its config.init_from'})")
+
+
 def load_run(workdir: str, step: int | None = None, tokenizer_path: str | None = None):
     """(engine, params, tokenizer, step) of a training run's checkpoint or of an export (params
     only, verified against its checksums; step -1 for an export; a quantized export's params
@@ -53,6 +65,7 @@ def load_run(workdir: str, step: int | None = None, tokenizer_path: str | None =
               else os.path.join(checkpoint.checkpoint_dir(workdir), str(step)))
     directory, _ = checkpoint.resolve_params_source(source)
     config_dict, tokenizer_bytes = checkpoint.read_source(directory)
+    _refuse_classifier(directory, config_dict)
     config = config_lib.from_json_dict(config_dict)
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
     config.tokenizer.path = tokenizer_path or _tokenizer_file(workdir, tokenizer_bytes)

@@ -6,6 +6,7 @@ int4 in groups along the contraction axis, both symmetric.
                     (the hook of fmjax/nn/layers.py's Dense and Embed), and the weight layouts
   transform.py      float params -> integer params + scales, and their abstract tree/shardings
   checkpoint_io.py  the quantized checkpoint (orbax, an export's layout) written and loaded
+  qlora.py          fine-tuning LoRA adapters over a quantized checkpoint's frozen integers
   guard.py          the config marker, and the refusals of tools that cannot use it
 
 The numerics (absmax calibration, rounding, the QArray of integers + scale) are qwix's

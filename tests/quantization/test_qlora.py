@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fmjax import mesh as mesh_lib, models
-from fmjax.config import base_config
+from fmjax.config import ConfigError, base_config
 from fmjax.generation import loading, server
 from fmjax.nn import lora
 from fmjax.quantization import guard, qlora, transform, weights
@@ -117,7 +117,8 @@ def test_qlora_trains_adapters_over_the_frozen_int4_base(quantized, data_dir, tm
 
 def test_a_classifier_trains_its_float_head_over_the_int8_base(quantized, data_dir, tmp_path):
     """A new head is not part of the quantized base: it trains in float and its export keeps
-    it float (float_weights), beside the int8 base and its adapters."""
+    it float (float_weights), beside the int8 base and its adapters; the text tools refuse
+    the classifier by name."""
     config = qlora_config(quantized["int8"].path, data_dir, steps=4)
     config.task.update(name="classification", select_metric="eval_f1")
     config.data.update(source="stdlib_functions", validation_percent=20, max_examples=96)
@@ -130,3 +131,8 @@ def test_a_classifier_trains_its_float_head_over_the_int8_base(quantized, data_d
     for key in ("eval_accuracy", "eval_f1"):
         assert scored[key] == report.best[key], key
     assert scored["eval_loss"] == pytest.approx(report.best["eval_loss"], rel=1e-6)
+    # a label head generates no text: the loaders of evaluate/generate/export refuse it
+    with pytest.raises(ConfigError, match=r"is a classification fine-tune \(config.task.name = "
+                       r"'classification'\): .* pass the language model it was fine-tuned from "
+                       rf"\({quantized['int8'].path}\)"):
+        loading.load_run(report.best_dir)
