@@ -85,12 +85,6 @@ def quantize_how(layout: Layout, scheme: Scheme, group_size: int) -> tuple[tuple
         a: t for a, t in tiles.items() if t != 1}
 
 
-def scale_shape(layout: Layout, scheme: Scheme, group_size: int) -> tuple[int, ...]:
-    channelwise, tiled = quantize_how(layout, scheme, group_size)
-    return tuple(n if a in channelwise else n // tiled[a] if a in tiled else 1
-                 for a, n in enumerate(layout.shape))
-
-
 def scale_names(layout: Layout) -> tuple[str | None, ...]:
     return tuple(None if a in layout.contract_axes else name
                  for a, name in enumerate(layout.names))

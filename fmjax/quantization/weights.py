@@ -7,8 +7,9 @@ as a temporary of the compiled program.
 `weight(module, name, w, contract_axes)` is the one hook fmjax/nn/layers.py calls, on every
 Dense kernel and Embed table: the weight itself when it is a float (every unquantized model,
 unchanged), else `dequantize(w, scale)`, plus A @ B when LoRA adapters sit beside it
-(NAME_lora_a, NAME_lora_b: QLoRA, fmjax/nn/lora.py). It also tells `record_layouts` which axes of each
-weight a matmul contracts, which is how transform.py learns where the output channels are.
+(NAME_lora_a, NAME_lora_b: QLoRA, fmjax/nn/lora.py). It also tells `record_layouts` which
+axes of each weight a matmul contracts, which is how transform.py learns where the output
+channels are.
 
 Why not qwix's own model interception (qwix.quantize_model + qwix.PtqProvider): measured on
 fmjax's tiny gpt2 and llama (tests/helpers.tiny_config), it quantized 0 of the 6 (gpt2) and 8

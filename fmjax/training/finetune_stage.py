@@ -241,10 +241,12 @@ def finetune(config, workdir: str, hooks: Sequence[loop.Hook] = ()) -> Report:
 
     def init_state():
         state = engine.init_state()
-        load = qlora.load_base if quantized else checkpoint.load_params
-        pretrained = load(source, _subtree(engine.abstract_state.params, path),
-                          _subtree(engine.shardings.params, path))
-        pretrained = pretrained if quantized else pretrained[0]
+        where = (_subtree(engine.abstract_state.params, path),
+                 _subtree(engine.shardings.params, path))
+        if quantized:
+            pretrained = qlora.load_base(source, *where)
+        else:
+            pretrained, _, _ = checkpoint.load_params(source, *where)
         return state.replace(params=_replace_subtree(state.params, path, pretrained))
 
     keeper = BestKeeper(config, workdir, engine, tokenizer_bytes,
