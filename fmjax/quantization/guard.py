@@ -4,9 +4,10 @@ A quantized checkpoint's config (the saved JSON) has a top-level `quantization` 
 {"scheme": "int8" | "int4", "group_size": N (int4; 0 for per-channel), "weights": number of
 quantized weights, "source": the checkpoint it was made from}; a QLoRA fine-tune's export
 (qlora.py) adds "base" (the quantized checkpoint it trained over), "adapters" ({"rank",
-"targets"}: LoRA pairs stored beside their kernels) and "float_weights" (weights left float). Loaders branch on it
-(fmjax.generation.loading); tools that need float weights refuse it here, by name, with what to
-pass instead. Imports no jax: finetune and the HF exporter check before they load anything.
+"targets"}: LoRA pairs stored beside their kernels) and "float_weights" (weights left float).
+Loaders branch on it (fmjax.generation.loading); tools that need float weights refuse it here,
+by name, with what to pass instead. Imports no jax: finetune and the HF exporter check before
+they load anything.
 """
 from __future__ import annotations
 
