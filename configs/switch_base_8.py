@@ -4,6 +4,8 @@ the Base architecture; the released google/switch-base-8 config.json): T5-Base v
 32,128, one tied embedding) with every other MLP of the encoder and of the decoder (the second
 of each pair: encoder/decoder_sparse_step 2, 6 + 6 sparse layers) a Switch layer of 8 experts
 of width 3072 and top-1 routing (weight: the router probability of the chosen expert).
+Family `switch` (T5's network) so that `python -m fmjax.convert import --family=switch
+--hf_dir=switch-base-8` reads the release and export writes one transformers loads.
 
 Command:  python -m fmjax.train --config=configs/switch_base_8.py --workdir=gs://BUCKET/switch \
               --config.data.source=c4/en --config.tokenizer.path=t5_spiece.model \
@@ -23,6 +25,7 @@ from fmjax.config import sibling_config
 
 def get_config():
     c = sibling_config(__file__, "t5_base")
+    c.model.family = "switch"  # T5's network; HF SwitchTransformers interop (fmjax/hf/switch.py)
     c.model.moe.num_experts = 8  # config.json num_experts
     c.model.moe.top_k = 1  # Switch routing (num_selected_experts)
     c.model.moe.interval = 2  # encoder_sparse_step = decoder_sparse_step = 2

@@ -79,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     mo.router_z_loss = 0.001  # weight of the router z-loss mean(logsumexp(logits)^2) (ST-MoE)
     mo.load_balance_loss = 0.01  # weight of E * sum_e f_e p_e (Switch; 1.0 when balanced)
     mo.capacity_factor = 0.0  # 0 = dropless; else each expert takes ceil(cf * tokens * top_k / E) per group, the rest are dropped
+    mo.row_capacity = 0  # 0 = none; else each expert takes at most this many of one batch row's assignments, first come in token order, the rest dropped (Hugging Face Switch's expert_capacity)
     mo.renormalize = True  # top-k weights renormalised to sum to 1 (Mixtral); False: softmax probs (Switch, Qwen-MoE)
     mo.dispatch = "shard_map"  # shard_map (tokens all-gathered over mesh.expert, experts local, reduce-scattered back) | xla (annotations only: XLA partitions the dropless program)
 
@@ -381,10 +382,14 @@ def validate_moe(m, sizes: dict) -> None:
                   f"{m[field]} (layers are stacked in groups of interval, the last one sparse)",
                   f"choose an interval dividing {m[field]}")
     for field in ("num_shared_experts", "d_ff", "router_z_loss", "load_balance_loss",
-                  "capacity_factor"):
+                  "capacity_factor", "row_capacity"):
         if mo[field] < 0:
             _fail(f"model.moe.{field}", mo[field], "must be >= 0",
                   f"set --config.model.moe.{field}=0")
+    if mo.capacity_factor > 0 and mo.row_capacity > 0:
+        _fail("model.moe.row_capacity", mo.row_capacity, "set together with model.moe."
+              f"capacity_factor = {mo.capacity_factor} (one capacity rule at a time)",
+              "set --config.model.moe.row_capacity=0 or --config.model.moe.capacity_factor=0")
     d_ff = mo.d_ff or m.d_ff
     if d_ff and d_ff % sizes["tensor"]:
         _fail("mesh.tensor", sizes["tensor"], f"does not divide the expert width {d_ff} "

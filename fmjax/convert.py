@@ -25,8 +25,8 @@ from absl import flags
 from fmjax import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("family", None, "Model family: gpt2 | llama | bert | t5 | t5_1_1 (a "
-                    "module in fmjax/hf/).")
+flags.DEFINE_string("family", None, "Model family: gpt2 | llama | mixtral | bert | t5 | "
+                    "t5_1_1 | switch (a module in fmjax/hf/).")
 flags.DEFINE_string("hf_dir", None, "import: local Hugging Face model directory.")
 flags.DEFINE_string("workdir_or_checkpoint", None,
                     "export: fmjax run directory, one of its checkpoints/STEP, or an export.")

@@ -105,6 +105,19 @@ def test_moe_with_interval_shared_experts_and_xla_dispatch_equal_across_meshes()
         np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg=f"{dispatch} {shape}")
 
 
+def test_moe_row_capacity_drops_the_same_assignments_on_any_mesh():
+    """HF Switch's per-row capacity is decided on the global routing: the same losses and
+    dropped counts with the experts and the batch split."""
+    def run(shape):
+        config = moe_config(row_capacity=2)
+        losses, _ = losses_on_mesh(config, shape, steps=2)
+        return losses
+
+    reference = run((1, 1, 1, 1))
+    np.testing.assert_allclose(run((2, 1, 4, 1)), reference, rtol=1e-5)
+    assert not np.allclose(reference, losses_on_mesh(moe_config(), (1, 1, 1, 1), steps=2)[0])
+
+
 def test_moe_state_is_created_with_experts_split_over_the_expert_axis():
     config = moe_config()
     config.mesh.data, config.mesh.fsdp, config.mesh.expert, config.mesh.tensor = 1, 2, 4, 1

@@ -61,10 +61,26 @@ def require_plain_heads(cfg, name: str, *, head_dim_free: bool = False) -> None:
 @dataclasses.dataclass(frozen=True)
 class Stack:
     """`length` identical blocks: modules `unrolled.format(i=i)` when config.model.scan_layers
-    is False, one module `scanned` whose params carry a leading block axis when it is True."""
+    is False, one module `scanned` whose params carry a leading block axis when it is True.
+    fmjax block i is HF block i * stride + offset: a stack scanned in groups of `stride` blocks
+    (a mixture of experts every stride-th MLP, fmjax/models/transformer.py) is `stride` Stacks,
+    offsets 0 ... stride - 1 (`grouped_stacks`)."""
     length: int
     unrolled: str = "layer_{i}"
     scanned: str = "layers"
+    stride: int = 1
+    offset: int = 0
+
+
+def grouped_stacks(n_layers: int, group: int, prefix: str = "") -> list[Stack]:
+    """The Stacks of `n_layers` blocks scanned in units of `group` (config.model.moe.interval
+    when the model has experts, else 1), HF block order; `prefix` is the stack's parent
+    module ("encoder/"). With group > 1 the last Stack holds the sparse blocks."""
+    if group == 1:
+        return [Stack(n_layers, unrolled=prefix + "layer_{i}", scanned=prefix + "layers")]
+    return [Stack(n_layers // group, unrolled=f"{prefix}layer_{{i}}/block_{j}",
+                  scanned=f"{prefix}layers/block_{j}", stride=group, offset=j)
+            for j in range(group)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,13 +257,15 @@ def _expand(link: Link, scan_layers: bool):
         for j in experts:
             yield link.fm, None, link.hf.format(j=j), j
         return
-    for i in range(link.stack.length):
+    stack = link.stack
+    for i in range(stack.length):
+        hf_i = i * stack.stride + stack.offset
         for j in experts:
             if scan_layers:
-                yield f"{link.stack.scanned}/{link.fm}", i, link.hf.format(i=i, j=j), j
+                yield f"{stack.scanned}/{link.fm}", i, link.hf.format(i=hf_i, j=j), j
             else:
-                yield (f"{link.stack.unrolled.format(i=i)}/{link.fm}", None,
-                       link.hf.format(i=i, j=j), j)
+                yield (f"{stack.unrolled.format(i=i)}/{link.fm}", None,
+                       link.hf.format(i=hf_i, j=j), j)
 
 
 @dataclasses.dataclass

@@ -3,4 +3,4 @@
 the gated MLP (DenseReluDense.wi_0 = mlp/gate, wi_1 = mlp/up, wo = mlp/down)."""
 from fmjax.hf import mapping, t5
 
-mapping.register(t5.converter("t5_1_1", "gated-gelu", sibling="t5"))
+mapping.register(t5.t5_converter("t5_1_1", "gated-gelu", sibling="t5"))

@@ -21,7 +21,11 @@ reduce-scatter sums each token's expert outputs back onto the device that holds 
 weights enter the shard_map whole along `embed` (fsdp gathers them at the boundary, as for
 any weight) and split along `mlp` over `tensor` (partial sums added with a psum). The result
 equals one device's to float rounding when dropless; with a capacity the groups differ (the
-capacity is per group of tokens). `dispatch="xla"` runs the same dropless program on global
+capacity is per group of tokens). With row_capacity > 0 instead, each expert takes at most that
+many of one batch row's assignments, first come in token order (Hugging Face Switch's fixed
+expert_capacity, so that imported checkpoints compute what transformers does); a dropped
+assignment keeps its rows in the grouped matmuls with weight 0 and is counted, and the rule is
+the same on any mesh (decided on the global [B, T] routing). `dispatch="xla"` runs the same dropless program on global
 arrays and leaves the partitioning to XLA (for comparison; fmjax.preflight measures both).
 
 Auxiliary losses (sown into the `moe_aux` collection per sparse layer, over real tokens:
@@ -59,6 +63,7 @@ class MoeConfig:
     router_z_loss: float = 0.0
     load_balance_loss: float = 0.0
     capacity_factor: float = 0.0  # 0 = dropless
+    row_capacity: int = 0  # 0 = none; else assignments an expert keeps per batch row
     renormalize: bool = True
     dispatch: str = "shard_map"
 
@@ -72,7 +77,7 @@ class MoeConfig:
                    num_shared_experts=moe.num_shared_experts, interval=moe.interval,
                    d_ff=moe.d_ff or model_d_ff, router_z_loss=moe.router_z_loss,
                    load_balance_loss=moe.load_balance_loss, capacity_factor=moe.capacity_factor,
-                   renormalize=moe.renormalize, dispatch=moe.dispatch)
+                   row_capacity=moe.row_capacity, renormalize=moe.renormalize, dispatch=moe.dispatch)
 
 
 # ---- routing --------------------------------------------------------------------------
@@ -85,6 +90,17 @@ def route(router_logits_NE, top_k: int, renormalize: bool):
     if renormalize:
         weights_NK = weights_NK / jnp.sum(weights_NK, axis=-1, keepdims=True)
     return weights_NK, experts_NK.astype(jnp.int32), probs_NE
+
+
+def limit_per_row(experts_BTK, weights_BTK, num_experts: int, row_capacity: int):
+    """(weights with the assignments past `row_capacity` per (row, expert) set to 0, their
+    count): assignments ranked within their row and expert in (token, k) order."""
+    b, t, k = experts_BTK.shape
+    onehot_BAE = jax.nn.one_hot(experts_BTK.reshape(b, t * k), num_experts, dtype=jnp.int32)
+    rank_BA = jnp.sum(jnp.cumsum(onehot_BAE, axis=1) * onehot_BAE, axis=-1) - 1
+    kept_BTK = (rank_BA < row_capacity).reshape(b, t, k)
+    return (jnp.where(kept_BTK, weights_BTK, 0).astype(weights_BTK.dtype),
+            jnp.sum(~kept_BTK).astype(jnp.int32))
 
 
 def aux_losses(router_logits_NE, probs_NE, experts_NK, real_N):
@@ -241,10 +257,16 @@ class MoeMLP(nn.Module):
                            name="experts")
         w_gate_EDF, w_up_EDF, w_down_EFD = (
             None if w is None else w.astype(self.dtype) for w in experts(d))
+        experts_BTK, weights_BTK = experts_NK.reshape(b, t, -1), weights_NK.reshape(b, t, -1)
+        row_dropped = jnp.zeros((), jnp.int32)
+        if moe.row_capacity:
+            weights_BTK, row_dropped = limit_per_row(experts_BTK, weights_BTK, e,
+                                                     moe.row_capacity)
         y_BTD, dropped = dispatch(
-            x_BTD.astype(self.dtype), experts_NK.reshape(b, t, -1),
-            weights_NK.reshape(b, t, -1).astype(self.dtype), w_gate_EDF, w_up_EDF, w_down_EFD,
-            activation=self.activation, capacity_factor=moe.capacity_factor, mode=moe.dispatch)
+            x_BTD.astype(self.dtype), experts_BTK, weights_BTK.astype(self.dtype), w_gate_EDF,
+            w_up_EDF, w_down_EFD, activation=self.activation,
+            capacity_factor=moe.capacity_factor, mode=moe.dispatch)
+        dropped = dropped + row_dropped
         self.sow(AUX, "load_balance", load_balance)
         self.sow(AUX, "router_z", z_loss)
         self.sow(AUX, "dropped", dropped)

@@ -71,6 +71,22 @@ def test_capacity_drops_the_latest_tokens_of_a_full_expert_and_counts_them():
     np.testing.assert_allclose(y_ND, want, rtol=1e-4, atol=1e-4)
 
 
+def test_row_capacity_zeroes_the_latest_assignments_of_each_row_and_counts_them():
+    weights_NK, experts_NK, _ = routing()
+    experts_BTK, weights_BTK = experts_NK.reshape(2, N // 2, K), weights_NK.reshape(2, N // 2, K)
+    kept_BTK, dropped = moe.limit_per_row(experts_BTK, weights_BTK, E, 3)
+    keep = np.zeros((2, N // 2, K), bool)
+    for b in range(2):  # each row on its own: first come in (token, k) order
+        seen = {}
+        for t in range(N // 2):
+            for k in range(K):
+                e = int(experts_BTK[b, t, k])
+                seen[e] = seen.get(e, 0) + 1
+                keep[b, t, k] = seen[e] <= 3
+    assert int(dropped) == (~keep).sum() > 0
+    np.testing.assert_array_equal(kept_BTK, np.where(keep, weights_BTK, 0))
+
+
 def test_routing_weights_and_auxiliary_losses():
     logits_NE = jax.random.normal(jax.random.PRNGKey(3), (N, E))
     w_NK, experts_NK, probs_NE = moe.route(logits_NE, K, renormalize=True)
