@@ -12,8 +12,9 @@ Budget:   not published; 1,000 steps of 4M tokens ~ 4B tokens as a smoke run. Th
           46.7B x 12 bytes (float32 params + Adam moments) = 560 GB: shard it with fsdp, and
           the experts 8 ways over mesh.expert (one expert per device of an expert group).
 Slice:    v5p-512, the smallest on which this command peaks below 85% of HBM (python -m
-          fmjax.preflight --fast: 47.8 of 95.7 GiB per chip, mesh fsdp 32 x expert 8, compiled
-          in 119 s on a 2-core host); a v5p-256 peaks at 92.1 GiB (96%).
+          fmjax.preflight --fast: 47.7 of 95.7 GiB per chip, mesh fsdp 32 x expert 8, the
+          experts in megablox, compiled in 32 s on a 2-core host); a v5p-256 peaks at 92.1 GiB
+          (96%).
 Expected: python -m fmjax.info reports 46,702,792,704 parameters, 12,879,925,248 active per
           token (two of eight experts: 32 x 6 x 3 x 4096 x 14,336 expert weights are not
           used by a token; MFU counts the active ones, fmjax/models/flops.py).

@@ -81,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
     mo.capacity_factor = 0.0  # 0 = dropless; else each expert takes ceil(cf * tokens * top_k / E) per group, the rest are dropped
     mo.row_capacity = 0  # 0 = none; else each expert takes at most this many of one batch row's assignments, first come in token order, the rest dropped (Hugging Face Switch's expert_capacity)
     mo.renormalize = True  # top-k weights renormalised to sum to 1 (Mixtral); False: softmax probs (Switch, Qwen-MoE)
+    mo.grouped_matmul = "auto"  # the experts' grouped matmul: auto (megablox on TPU, else ragged_dot) | ragged_dot (jax.lax.ragged_dot) | megablox (the Pallas TPU kernel; interpret mode elsewhere: tests only)
     mo.dispatch = "shard_map"  # shard_map (tokens all-gathered over mesh.expert, experts local, reduce-scattered back) | xla (annotations only: XLA partitions the dropless program)
 
     c.tokenizer = t = ml_collections.ConfigDict()
@@ -396,6 +397,9 @@ def validate_moe(m, sizes: dict) -> None:
               "(model.moe.d_ff, else model.d_ff)", "choose a tensor axis that divides it")
     if mo.dispatch not in ("shard_map", "xla"):
         _fail("model.moe.dispatch", mo.dispatch, "unknown dispatch", "use shard_map or xla")
+    if mo.grouped_matmul not in ("auto", "ragged_dot", "megablox"):
+        _fail("model.moe.grouped_matmul", mo.grouped_matmul, "unknown grouped matmul",
+              "use auto, ragged_dot or megablox")
 
 
 # model.attention_impl values that run with mesh.context > 1 (fmjax/nn/context_attention.py,

@@ -52,6 +52,9 @@ def test_fill_axis_resolves_to_the_devices_left():
     (lambda c: c.model.moe.update(num_experts=4, capacity_factor=1.25, row_capacity=64),
      r"config.model.moe.row_capacity = 64: set together with model.moe.capacity_factor = 1.25 "
      r".*; set --config.model.moe.row_capacity=0 or --config.model.moe.capacity_factor=0"),
+    (lambda c: c.model.moe.update(num_experts=4, grouped_matmul="gmm"),
+     r"config.model.moe.grouped_matmul = 'gmm': unknown grouped matmul; use auto, ragged_dot "
+     r"or megablox"),
     (lambda c: c.model.moe.update(num_experts=-1),
      r"config.model.moe.num_experts = -1: must be >= 0; set --config.model.moe.num_experts=0"),
     (lambda c: c.model.moe.update(num_experts=4, dispatch="alltoall"),

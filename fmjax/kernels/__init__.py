@@ -17,6 +17,7 @@ Operations and their arguments (the XLA version in the core has the same signatu
   attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS, *, scale, causal) -> out_BTHK  nn/attention.py
   attention_packed(qkv_BTH3K, mask_B1TT, *, scale, causal) -> out_BTHK        nn/attention.py
   splash_attention(q_BTHK, k_BSHK, v_BSHK, segment_ids_BT, *, causal, scale)  nn/attention.py
+  grouped_matmul(x_RD, w_EDF, group_sizes_E) -> y_RF (jax.lax.ragged_dot)     nn/moe.py
 The first four kinds are chosen per call by `call` (the kernel where it takes the operands and
 runs on the platform being lowered for, else XLA); attention implementations are chosen by
 `model.attention_impl` (nn/attention.py asks `unsupported` / `unavailable` and then `run`).

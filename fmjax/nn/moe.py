@@ -5,7 +5,8 @@ Shapes: B batch, T length, D model, E experts (El: on this device), K top_k, F e
 N tokens (B x T, or an expert group's), A assignments (N x K).
 
 Dispatch (`expert_ffn`): every (token, expert) assignment is sorted by expert and the experts
-run as grouped matmuls, `jax.lax.ragged_dot` over the sorted rows (no padding to a capacity:
+run as grouped matmuls over the sorted rows (`grouped_matmul`: jax.lax.ragged_dot, or on TPU
+the megablox kernel, fmjax/kernels/tpu/megablox.py; no padding to a capacity:
 dropless; the buffers hold every assignment, the worst case of one device's experts taking
 all). With capacity_factor > 0 each expert takes at most C = ceil(cf x N x K / E) assignments
 of a group, first come first served in token order; the rest are dropped (their token gets
@@ -45,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from fmjax import mesh as mesh_lib
+from fmjax import kernels, mesh as mesh_lib
 from fmjax.nn import layers
 
 AUX = "moe_aux"  # collection of the per-layer auxiliary values (scanned: stacked per layer)
@@ -66,6 +67,7 @@ class MoeConfig:
     row_capacity: int = 0  # 0 = none; else assignments an expert keeps per batch row
     renormalize: bool = True
     dispatch: str = "shard_map"
+    grouped_matmul: str = "auto"
 
     @property
     def enabled(self) -> bool:
@@ -77,7 +79,8 @@ class MoeConfig:
                    num_shared_experts=moe.num_shared_experts, interval=moe.interval,
                    d_ff=moe.d_ff or model_d_ff, router_z_loss=moe.router_z_loss,
                    load_balance_loss=moe.load_balance_loss, capacity_factor=moe.capacity_factor,
-                   row_capacity=moe.row_capacity, renormalize=moe.renormalize, dispatch=moe.dispatch)
+                   row_capacity=moe.row_capacity, renormalize=moe.renormalize,
+                   dispatch=moe.dispatch, grouped_matmul=moe.grouped_matmul)
 
 
 # ---- routing --------------------------------------------------------------------------
@@ -120,9 +123,21 @@ def aux_losses(router_logits_NE, probs_NE, experts_NK, real_N):
 
 # ---- dispatch ---------------------------------------------------------------------------
 
+def grouped_matmul(x_RD, w_EDF, group_sizes_E, impl: str = "auto"):
+    """Rows of each group times its expert's matrix, rows past the groups 0
+    (jax.lax.ragged_dot's contract): `impl` ragged_dot, megablox (the TPU kernel; Pallas
+    interpret mode elsewhere, for tests) or auto (megablox where the trace targets TPU and it
+    takes the operands, else ragged_dot), through the kernel seam."""
+    if impl == "ragged_dot":
+        return jax.lax.ragged_dot(x_RD, w_EDF, group_sizes_E)
+    if impl == "megablox":
+        return kernels.run("grouped_matmul", x_RD, w_EDF, group_sizes_E)
+    return kernels.call("grouped_matmul", jax.lax.ragged_dot, x_RD, w_EDF, group_sizes_E)
+
+
 def expert_ffn(x_ND, experts_NK, weights_NK, w_gate_EDF, w_up_EDF, w_down_EFD, *, activation,
                capacity_factor: float = 0.0, num_experts: int | None = None,
-               expert_axes: tuple = (), tensor_axes: tuple = ()):
+               expert_axes: tuple = (), tensor_axes: tuple = (), matmul: str = "auto"):
     """(y [N, D], dropped assignments): sum_k weights[n, k] x expert_{experts[n, k]}(x[n]).
 
     Called on global arrays (no axes) or on one device's blocks inside a shard_map: then the
@@ -158,12 +173,12 @@ def expert_ffn(x_ND, experts_NK, weights_NK, w_gate_EDF, w_up_EDF, w_down_EFD, *
     order_R = jnp.argsort(key_A, stable=True)[:rows]  # this device's groups come first
     group_sizes_E = jnp.sum(jax.nn.one_hot(key_A, e_local, dtype=jnp.int32), axis=0)
     x_RD = jnp.take(x_ND, order_R // k, axis=0)
-    h_RF = jax.lax.ragged_dot(x_RD, w_up_EDF, group_sizes_E)
+    h_RF = grouped_matmul(x_RD, w_up_EDF, group_sizes_E, matmul)
     if w_gate_EDF is None:
         h_RF = act(h_RF)
     else:
-        h_RF = act(jax.lax.ragged_dot(x_RD, w_gate_EDF, group_sizes_E)) * h_RF
-    out_RD = jax.lax.ragged_dot(h_RF, w_down_EFD, group_sizes_E)  # rows past the groups: 0
+        h_RF = act(grouped_matmul(x_RD, w_gate_EDF, group_sizes_E, matmul)) * h_RF
+    out_RD = grouped_matmul(h_RF, w_down_EFD, group_sizes_E, matmul)  # past the groups: 0
     out_RD = out_RD * jnp.take(weights_NK.reshape(-1), order_R)[:, None].astype(out_RD.dtype)
     out_AD = jnp.zeros((n * k, out_RD.shape[-1]), out_RD.dtype).at[order_R].set(
         out_RD, unique_indices=True)
@@ -176,14 +191,15 @@ def expert_ffn(x_ND, experts_NK, weights_NK, w_gate_EDF, w_up_EDF, w_down_EFD, *
 
 
 def dispatch(x_BTD, experts_BTK, weights_BTK, w_gate_EDF, w_up_EDF, w_down_EFD, *, activation,
-             capacity_factor: float, mode: str):
+             capacity_factor: float, mode: str, matmul: str = "auto"):
     """expert_ffn over the current mesh: one shard_map (see the module docstring) when the mesh
     has more than one device, mode is shard_map and the token blocks divide evenly; else on
     global arrays (one device, `xla` mode, or the batch of 1 that initialisation traces)."""
     b, t, d = x_BTD.shape
     num_experts = w_up_EDF.shape[0]
     mesh = jax.sharding.get_abstract_mesh()
-    kw = dict(activation=activation, capacity_factor=capacity_factor, num_experts=num_experts)
+    kw = dict(activation=activation, capacity_factor=capacity_factor, num_experts=num_experts,
+              matmul=matmul)
     def axes_of(logical):  # mesh axes of size 1 left out: no collectives over them
         return tuple(a for a in mesh_lib.mesh_axes_of(logical) if mesh.shape[a] > 1)
 
@@ -220,9 +236,13 @@ def dispatch(x_BTD, experts_BTK, weights_BTK, w_gate_EDF, w_up_EDF, w_down_EFD, 
         return y_ND.reshape(bl, tl, d), dropped
 
     gate_spec = weight if w_gate_EDF is not None else None
+    # a Pallas kernel's outputs carry no varying-axes type, so shard_map's check is off where
+    # megablox may run (its values and gradients on a mesh: tests/kernels/test_megablox.py)
+    pallas = matmul == "megablox" or (matmul == "auto"
+                                      and kernels.unavailable("grouped_matmul") is None)
     return jax.shard_map(local, mesh=mesh,
                          in_specs=(tokens, tokens, tokens, gate_spec, weight, down),
-                         out_specs=(tokens, P()))(
+                         out_specs=(tokens, P()), check_vma=not pallas)(
         x_BTD, experts_BTK, weights_BTK, w_gate_EDF, w_up_EDF, w_down_EFD)
 
 
@@ -265,7 +285,7 @@ class MoeMLP(nn.Module):
         y_BTD, dropped = dispatch(
             x_BTD.astype(self.dtype), experts_BTK, weights_BTK.astype(self.dtype), w_gate_EDF,
             w_up_EDF, w_down_EFD, activation=self.activation,
-            capacity_factor=moe.capacity_factor, mode=moe.dispatch)
+            capacity_factor=moe.capacity_factor, mode=moe.dispatch, matmul=moe.grouped_matmul)
         dropped = dropped + row_dropped
         self.sow(AUX, "load_balance", load_balance)
         self.sow(AUX, "router_z", z_loss)

@@ -213,6 +213,24 @@ def test_splash_attention_compiles_to_the_tpu_kernel_and_saves_the_scores(tiny_v
     assert splash.memory.temporaries < 0.7 * xla.memory.temporaries
 
 
+def test_moe_grouped_matmul_compiles_to_megablox_for_tpu(tiny_v5p):
+    """model.moe.grouped_matmul auto for a TPU target is megablox's Mosaic kernels (gmm
+    forward and dx, tgmm dw, for the experts' three matrices), inside the dispatch's
+    shard_map over the expert axis; ragged_dot is XLA's own lowering (its ragged-dot
+    kernels), without them."""
+    def kernels_of(impl):
+        config = tiny_config(**{"model.family": "llama", "model.moe.num_experts": 4,
+                                "model.moe.grouped_matmul": impl, "mesh.expert": 4,
+                                "mesh.data": 1})
+        text = aot.compile_train_step(config, tiny_v5p.target, fast=True).compiled.as_text()
+        calls = [line.split("=")[0].strip() for line in text.splitlines()
+                 if 'custom_call_target="tpu_custom_call"' in line]
+        return sorted({re.sub(r"[.\d]+$", "", name.lstrip("%")) for name in calls}), len(calls)
+
+    assert kernels_of("auto") == (["gmm", "tgmm"], 9)
+    assert "gmm" not in kernels_of("ragged_dot")[0]
+
+
 def test_memory_grows_with_batch(tiny_v5p):
     big = aot.compile_train_step(tiny_config(**{"train.global_batch_size": 256}),
                                  tiny_v5p.target, fast=True)
