@@ -79,8 +79,8 @@ def run_bench(config, profile_steps: int = 0) -> dict:
                        "heads": cfg.n_heads, "seq_len": t, "vocab": cfg.vocab_size, "batch": b,
                        "dtype": cfg.dtype, "scan_layers": cfg.scan_layers,
                        "remat": cfg.remat_policy,
-                       "attention": attention.describe_implementation(cfg.attention_impl,
-                                                                      devices[0].platform),
+                       "attention": attention.describe_implementation(
+                           cfg.attention_impl, devices[0].platform, mesh.shape.get("context", 1)),
                        "mesh": dict(mesh.shape),
                        "devices": f"{len(devices)} x {devices[0].device_kind}",
                        "warmup_steps": config.bench.warmup_steps,

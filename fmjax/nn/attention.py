@@ -102,9 +102,12 @@ def check_implementation(impl: str, seq_len: int) -> None:
                           "--config.model.attention_impl=xla, or pad model.seq_len")
 
 
-def describe_implementation(impl: str, platform: str) -> str:
+def describe_implementation(impl: str, platform: str, context: int = 1) -> str:
     """What `model.attention_impl` = impl runs on `platform` where the shapes allow it: `auto`
-    resolved, and fused_cpu's fallback when its kernel does not build (for logs, benchmarks)."""
+    resolved, fused_cpu's fallback when its kernel does not build, and self-attention's path
+    when the sequence is split over `context` shards (for logs, benchmarks)."""
+    if context > 1:
+        return f"context all-gather over {context} shards (fmjax/nn/context_attention.py, XLA)"
     if impl == "auto":
         impl = "fused_cpu" if platform == "cpu" else "xla"
     if impl == "fused_cpu":

@@ -103,3 +103,10 @@ def test_context_attention_equals_one_device(context, tensor, layout, mask, monk
     np.testing.assert_allclose(jnp.where(real, out, 0), jnp.where(real, want, 0), atol=2e-6)
     for got, expected in zip(grads, want_grads):
         np.testing.assert_allclose(got, expected, atol=2e-6)
+
+
+def test_logs_name_the_context_path_not_the_whole_row_kernel():
+    from fmjax.nn import attention as attention_lib
+    assert attention_lib.describe_implementation("auto", "cpu", 4).startswith(
+        "context all-gather over 4 shards")
+    assert attention_lib.describe_implementation("xla", "gpu") == "xla"
