@@ -26,8 +26,9 @@ capacity is per group of tokens). With row_capacity > 0 instead, each expert tak
 many of one batch row's assignments, first come in token order (Hugging Face Switch's fixed
 expert_capacity, so that imported checkpoints compute what transformers does); a dropped
 assignment keeps its rows in the grouped matmuls with weight 0 and is counted, and the rule is
-the same on any mesh (decided on the global [B, T] routing). `dispatch="xla"` runs the same dropless program on global
-arrays and leaves the partitioning to XLA (for comparison; fmjax.preflight measures both).
+the same on any mesh (decided on the global [B, T] routing). `dispatch="xla"` runs the same
+dropless program on global arrays and leaves the partitioning to XLA (for comparison;
+fmjax.preflight measures both).
 
 Auxiliary losses (sown into the `moe_aux` collection per sparse layer, over real tokens:
 segment id > 0): router z-loss mean(logsumexp(router logits)^2) (ST-MoE, Zoph et al. 2022)

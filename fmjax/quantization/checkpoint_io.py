@@ -1,6 +1,6 @@
 """The quantized checkpoint on disk: an export's layout (PATH/{params, config, tokenizer,
 integrity}; fmjax/training/checkpoint.py), params holding the integer weights and their scales
-(transform.py), the config marked with its scheme (guard.py).
+(integer_params.py), the config marked with its scheme (guard.py).
 
 Checksums are fmjax.training.integrity's (it widens int4 leaves to int8: the same values).
 """
@@ -14,7 +14,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from fmjax.nn import lora
-from fmjax.quantization import guard, schemes, transform
+from fmjax.quantization import guard, integer_params, schemes
 from fmjax.training import checkpoint, integrity, step as step_lib
 from fmjax.training.checkpoint import CONFIG, INTEGRITY, PARAMS, STATE, TOKENIZER
 
@@ -67,7 +67,7 @@ def load_for_engine(engine, directory: str, config_dict: dict):
     is left for float params: a quantized checkpoint trains only through QLoRA, qlora.py)."""
     entry = guard.quantization_of(config_dict)
     scheme = schemes.get(entry["scheme"])
-    layouts, boxed = transform.layouts(engine.model, engine.model_config.seq_len, engine.mesh)
+    layouts, boxed = integer_params.layouts(engine.model, engine.model_config.seq_len, engine.mesh)
     floats = set(entry.get("float_weights", ()))  # a QLoRA export's new head (qlora.py)
     layouts = {k: layout for k, layout in layouts.items() if k not in floats}
     if entry.get("weights") not in (None, len(layouts)):
@@ -75,12 +75,12 @@ def load_for_engine(engine, directory: str, config_dict: dict):
             -1, PARAMS, f"{directory}: {entry['weights']} weights were quantized but this "
             f"model reads {len(layouts)} through fmjax.quantization; quantize the float "
             "checkpoint again with this version of fmjax")
-    boxed_q = transform.abstract_quantized(boxed, layouts, scheme, entry.get("group_size", 0))
+    boxed_q = integer_params.abstract_quantized(boxed, layouts, scheme, entry.get("group_size", 0))
     if entry.get("adapters"):  # a QLoRA export: LoRA pairs beside their kernels (qlora.py)
         adapters = lora.abstract_adapters(boxed, entry["adapters"]["rank"],
                                           entry["adapters"]["targets"])
         boxed_q = lora.place_beside(boxed_q, adapters)
-    abstract, shardings = transform.unboxed_and_shardings(boxed_q, engine.mesh)
+    abstract, shardings = integer_params.unboxed_and_shardings(boxed_q, engine.mesh)
     params = read(directory, abstract, shardings)
     eval_step = step_lib.jit_eval_step(step_lib.make_eval_step(engine.model, engine.objective),
                                        shardings, engine.batch_sharding, engine.mesh)

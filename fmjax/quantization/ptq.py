@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 from fmjax import config as config_lib, mesh as mesh_lib
 from fmjax.models import classifier
 from fmjax.nn import lora
-from fmjax.quantization import checkpoint_io, guard, schemes, transform, weights
+from fmjax.quantization import checkpoint_io, guard, integer_params, schemes, weights
 from fmjax.training import checkpoint
 
 
@@ -38,7 +38,7 @@ def saved_shapes(directory: str) -> dict[str, tuple[int, ...]]:
     directory, item = checkpoint.resolve_params_source(directory)
     with ocp.PyTreeCheckpointer() as ckptr:
         meta = ckptr.metadata(epath.Path(directory) / item).item_metadata[checkpoint.PARAMS]
-    return {transform.leaf_key(p): tuple(m.shape)
+    return {integer_params.leaf_key(p): tuple(m.shape)
             for p, m in jax.tree_util.tree_flatten_with_path(meta)[0]}
 
 
@@ -66,8 +66,8 @@ def quantize_checkpoint(source: str, output: str, scheme_name: str,
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
     model, cfg = classifier.build_saved(config, saved_shapes(directory))  # a fine-tune's head too
     mesh = mesh_lib.make_mesh(config)
-    layouts, boxed = transform.layouts(model, cfg.seq_len, mesh)
-    transform.check(layouts, scheme, group_size)  # before any weight is read
+    layouts, boxed = integer_params.layouts(model, cfg.seq_len, mesh)
+    integer_params.check(layouts, scheme, group_size)  # before any weight is read
 
     params, config_dict, _ = checkpoint.read_params_to_host(directory)
     if config_dict.get("lora", {}).get("rank", 0) > 0:
@@ -75,7 +75,7 @@ def quantize_checkpoint(source: str, output: str, scheme_name: str,
         config_dict = {**config_dict, "lora": {**config_dict["lora"], "rank": 0}}
     params = jax.device_put(params, mesh_lib.tree_shardings(mesh, boxed))
     with mesh_lib.activate(mesh):
-        qparams = transform.quantize_params(params, layouts, scheme, group_size)
+        qparams = integer_params.quantize_params(params, layouts, scheme, group_size)
     # written from the host, as fmjax.export writes: orbax lays out an array replicated over
     # several devices in more, less compressible pieces (measured on 8 CPU devices: int4
     # params 256 KB from the devices vs 113 KB from numpy, the same values)

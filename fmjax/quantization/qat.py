@@ -3,7 +3,7 @@
 
 Forward: every weight the model reads through fmjax.quantization.weights (Dense kernels, Embed
 tables; a classifier's head too) is replaced, before `model.apply`, by
-`dequantize(quantize(w))` with PTQ's own functions (transform.quantize_leaf: qwix.quantize,
+`dequantize(quantize(w))` with PTQ's own functions (integer_params.quantize_leaf: qwix.quantize,
 absmax per output channel [int4: and group]; weights.dequantize: qwix.dequantize) on the same
 stored leaf with the same layout. So a QAT model's forward pass IS the PTQ model's of the same
 float weights: the PTQ hook computes exactly these float32 values inside its apply.
@@ -32,16 +32,16 @@ import jax
 import jax.numpy as jnp
 
 from fmjax.config import ConfigError, did_you_mean
-from fmjax.quantization import schemes as schemes_lib, transform, weights
+from fmjax.quantization import integer_params, schemes as schemes_lib, weights
 from fmjax.quantization.schemes import Scheme
-from fmjax.quantization.transform import Layout
+from fmjax.quantization.integer_params import Layout
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def fake_quantize(w, layout: Layout, scheme: Scheme, group_size: int):
     """float32 dequantize(quantize(w)): the values PTQ's quantized model computes with for the
     stored leaf `w`; gradient: straight through (identity), cast to w's dtype."""
-    q, scale = transform.quantize_leaf(w, layout, scheme, group_size)
+    q, scale = integer_params.quantize_leaf(w, layout, scheme, group_size)
     return weights.dequantize(q, scale)
 
 
@@ -60,12 +60,12 @@ fake_quantize.defvjp(_fake_quantize_fwd, _fake_quantize_bwd)
 def fake_quantize_params(params, layouts: dict[str, Layout], scheme: Scheme, group_size: int):
     """`params` (nested dicts) with every leaf in `layouts` fake-quantized (float32), the rest
     the same objects."""
-    out = transform.mutable(params)
+    out = integer_params.mutable(params)
     for key, layout in layouts.items():
-        w = transform.get_leaf(out, key)
+        w = integer_params.get_leaf(out, key)
         if tuple(w.shape) != layout.shape:
             raise ValueError(f"params {key} is {w.shape}; the model expects {layout.shape}")
-        transform.set_leaf(out, key, fake_quantize(w, layout, scheme, group_size))
+        integer_params.set_leaf(out, key, fake_quantize(w, layout, scheme, group_size))
     return out
 
 
@@ -110,7 +110,7 @@ def wrap(config, model, seq_len: int, mesh):
         return model
     scheme = scheme_of(config.qat)
     group_size = config.qat.group_size if scheme.grouped else 0
-    layouts, _ = transform.layouts(model, seq_len, mesh)
+    layouts, _ = integer_params.layouts(model, seq_len, mesh)
     if scheme.grouped:
         schemes_lib.check_group_size(
             group_size, {k: (l.shape, l.contract_axes) for k, l in layouts.items()},

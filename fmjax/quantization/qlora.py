@@ -20,14 +20,14 @@ import jax
 
 from fmjax.config import ConfigError
 from fmjax.nn import lora
-from fmjax.quantization import checkpoint_io, guard, schemes, transform
+from fmjax.quantization import checkpoint_io, guard, integer_params, schemes
 from fmjax.quantization.schemes import Scheme
-from fmjax.quantization.transform import Layout
+from fmjax.quantization.integer_params import Layout
 
 
 class QuantizedBaseModel:
     """A Linen model whose params are a quantized checkpoint's: `init` returns the wrapped
-    model's boxed params with each weight in `layouts` quantized (transform.quantize_boxed: the
+    model's boxed params with each weight in `layouts` quantized (integer_params.quantize_boxed: the
     integers keep the weight's logical axes, so its sharding); `apply` and every other
     attribute are the wrapped model's (the weights hook dequantizes)."""
 
@@ -41,7 +41,7 @@ class QuantizedBaseModel:
 
     def init(self, *args, **kwargs):
         variables = dict(self.model.init(*args, **kwargs))
-        return {**variables, "params": transform.quantize_boxed(
+        return {**variables, "params": integer_params.quantize_boxed(
             variables["params"], self.layouts, self.scheme, self.group_size)}
 
     def apply(self, variables, *args, **kwargs):
@@ -78,7 +78,7 @@ def wrap(entry: dict, model, seq_len: int, mesh, backbone_path: tuple[str, ...]
          ) -> QuantizedBaseModel:
     """`model` over the quantized base of `entry`: every weight it reads under `backbone_path`
     (the pretrained part) quantized as the checkpoint stores it; the rest (a new head) float."""
-    layouts, _ = transform.layouts(model, seq_len, mesh)
+    layouts, _ = integer_params.layouts(model, seq_len, mesh)
     prefix = "/".join(backbone_path)
     inside = lambda key: not prefix or key.startswith(prefix + "/")  # noqa: E731
     return QuantizedBaseModel(

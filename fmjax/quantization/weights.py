@@ -1,14 +1,14 @@
 """The quantized model's apply: a weight stored as integers is multiplied by its scale inside the
 jitted apply, right before the matmul (or the embedding lookup) that reads it. No float copy is
 ever a param: params hold `kernel` (int8 or int4, the float kernel's shape and logical axes)
-and `kernel_scale` (float32; see transform.py for its shape), and the float weight exists only
+and `kernel_scale` (float32; see integer_params.py for its shape), and the float weight exists only
 as a temporary of the compiled program.
 
 `weight(module, name, w, contract_axes)` is the one hook fmjax/nn/layers.py calls, on every
 Dense kernel and Embed table: the weight itself when it is a float (every unquantized model,
 unchanged), else `dequantize(w, scale)`, plus A @ B when LoRA adapters sit beside it
 (NAME_lora_a, NAME_lora_b: QLoRA, fmjax/nn/lora.py). It also tells `record_layouts` which
-axes of each weight a matmul contracts, which is how transform.py learns where the output
+axes of each weight a matmul contracts, which is how integer_params.py learns where the output
 channels are.
 
 Why not qwix's own model interception (qwix.quantize_model + qwix.PtqProvider): measured on

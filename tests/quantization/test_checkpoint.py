@@ -14,13 +14,13 @@ from jax.sharding import PartitionSpec as P
 
 from fmjax import config as config_lib, mesh as mesh_lib
 from fmjax.generation import loading
-from fmjax.quantization import checkpoint_io, schemes, transform, weights
+from fmjax.quantization import checkpoint_io, integer_params, schemes, weights
 from fmjax.quantization.ptq import directory_bytes
 from fmjax.training import checkpoint
 
 
 def flat(tree):
-    return {transform.leaf_key(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {integer_params.leaf_key(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def stored(path):
@@ -78,10 +78,10 @@ def test_loads_onto_the_weights_shardings_on_a_model_parallel_mesh(quantized, sc
     from fmjax import models
     model, cfg = models.build(config)
     mesh = mesh_lib.make_mesh(config)
-    layouts, boxed = transform.layouts(model, cfg.seq_len, mesh)
+    layouts, boxed = integer_params.layouts(model, cfg.seq_len, mesh)
     group = config_dict["quantization"]["group_size"]
-    abstract, shardings = transform.unboxed_and_shardings(
-        transform.abstract_quantized(boxed, layouts, schemes.get(scheme), group), mesh)
+    abstract, shardings = integer_params.unboxed_and_shardings(
+        integer_params.abstract_quantized(boxed, layouts, schemes.get(scheme), group), mesh)
     params = flat(checkpoint_io.read(path, abstract, shardings))
     float_specs = flat(jax.tree.map(lambda s: s.spec, mesh_lib.tree_shardings(mesh, boxed),
                                     is_leaf=lambda x: hasattr(x, "spec")))
@@ -107,9 +107,10 @@ def test_load_run_gives_integer_params_equal_to_quantizing_in_memory(float_expor
     engine, params, tokenizer, step = loading.load_run(result.path)
     assert step == -1 and tokenizer is not None
     f_engine, f_params, _, _ = loading.load_run(float_export)
-    layouts, _ = transform.layouts(f_engine.model, f_engine.model_config.seq_len, f_engine.mesh)
-    expected = flat(transform.quantize_params(f_params, layouts, schemes.get(scheme),
-                                              result.group_size))
+    layouts, _ = integer_params.layouts(f_engine.model, f_engine.model_config.seq_len,
+                                        f_engine.mesh)
+    expected = flat(integer_params.quantize_params(f_params, layouts, schemes.get(scheme),
+                                                   result.group_size))
     got = flat(params)
     assert set(got) == set(expected)
     for key, x in got.items():

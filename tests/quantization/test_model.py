@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fmjax import mesh as mesh_lib, models
-from fmjax.quantization import schemes, transform, weights
+from fmjax.quantization import integer_params, schemes, weights
 from tests.helpers import tiny_config
 
 # max |logit - float logit| / max |float logit| of tiny random models (measured: int8 about
@@ -27,17 +27,17 @@ def build(family, **model):
     inputs = (tokens, tokens[:, ::-1]) if family == "t5" else (tokens,)
     with mesh_lib.activate(mesh):
         params = nn.unbox(jax.jit(model.init)(jax.random.PRNGKey(0), *inputs)["params"])
-    layouts, _ = transform.layouts(model, cfg.seq_len, mesh)
+    layouts, _ = integer_params.layouts(model, cfg.seq_len, mesh)
     return model, mesh, params, layouts, inputs
 
 
 def dequantized(qparams, layouts):
     """The float params a reference model gets: each weight = its integers x scales, computed
     outside the model."""
-    out = transform.mutable(qparams)
+    out = integer_params.mutable(qparams)
     for key in layouts:
         parent, name = key.rsplit("/", 1) if "/" in key else ("", key)
-        node = transform.get_leaf(out, parent) if parent else out
+        node = integer_params.get_leaf(out, parent) if parent else out
         node[name] = weights.dequantize(node[name], node.pop(name + weights.SCALE_SUFFIX))
     return out
 
@@ -46,7 +46,7 @@ def dequantized(qparams, layouts):
 @pytest.mark.parametrize("scheme,group", [("int8", 0), ("int4", 16)])
 def test_logits_equal_dequantize_then_matmul_and_close_to_float(family, model_kw, scheme, group):
     model, mesh, params, layouts, inputs = build(family, **model_kw)
-    qparams = transform.quantize_params(params, layouts, schemes.get(scheme), group)
+    qparams = integer_params.quantize_params(params, layouts, schemes.get(scheme), group)
     apply = jax.jit(lambda p, *x: model.apply({"params": p}, *x))
     with mesh_lib.activate(mesh):
         quantized = np.asarray(apply(qparams, *inputs))
@@ -59,8 +59,8 @@ def test_logits_equal_dequantize_then_matmul_and_close_to_float(family, model_kw
 
 def test_every_dense_kernel_and_embedding_is_quantized():
     _, _, params, layouts, _ = build("llama", scan_layers=False)
-    matrices = {transform.leaf_key(p) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
-                if x.ndim >= 2}
+    matrices = {integer_params.leaf_key(p)
+                for p, x in jax.tree_util.tree_flatten_with_path(params)[0] if x.ndim >= 2}
     assert set(layouts) == matrices  # llama: every matrix is a Dense kernel or the embedding
     assert layouts["layer_0/attn/out/kernel"].contract_axes == (0, 1)  # [H, K, D]
     assert layouts["lm_head/kernel"].contract_axes == (0,)
@@ -72,7 +72,7 @@ def test_every_dense_kernel_and_embedding_is_quantized():
 
 def test_the_compiled_apply_takes_integer_weights():
     model, mesh, params, layouts, inputs = build("gpt2")
-    qparams = transform.quantize_params(params, layouts, schemes.get("int4"), 16)
+    qparams = integer_params.quantize_params(params, layouts, schemes.get("int4"), 16)
     with mesh_lib.activate(mesh):
         text = jax.jit(lambda p, *x: model.apply({"params": p}, *x)).lower(
             qparams, *inputs).as_text()
@@ -85,7 +85,7 @@ def test_the_compiled_apply_takes_integer_weights():
 
 def test_float_params_without_scales_are_refused_clearly():
     model, mesh, params, layouts, inputs = build("gpt2")
-    qparams = transform.quantize_params(params, layouts, schemes.get("int8"), 0)
+    qparams = integer_params.quantize_params(params, layouts, schemes.get("int8"), 0)
     del qparams["layers"]["mlp"]["up"]["kernel_scale"]
     with pytest.raises(ValueError, match="layers/mlp/up/kernel is int8 without kernel_scale"):
         with mesh_lib.activate(mesh):

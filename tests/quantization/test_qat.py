@@ -12,7 +12,7 @@ from fmjax import mesh as mesh_lib, models
 from fmjax.config import ConfigError
 from fmjax.models import classifier
 from fmjax.nn import lora
-from fmjax.quantization import checkpoint_io, ptq, qat, schemes, transform
+from fmjax.quantization import checkpoint_io, integer_params, ptq, qat, schemes
 from fmjax.training import checkpoint, engine as engine_lib
 from tests.helpers import packed_batch, tiny_config
 from tests.quantization.test_model import build
@@ -28,7 +28,7 @@ def test_fake_quantized_forward_is_the_ptq_models(family, model_kw, scheme, grou
     """Same float params: QAT's logits == the logits of the model holding PTQ's integers and
     scales (scanned gpt2: the per-layer scales of a stacked kernel; llama: untied head)."""
     model, mesh, params, layouts, inputs = build(family, **model_kw)
-    qparams = transform.quantize_params(params, layouts, schemes.get(scheme), group)
+    qparams = integer_params.quantize_params(params, layouts, schemes.get(scheme), group)
     fake = qat_model(model, layouts, scheme, group)
     with mesh_lib.activate(mesh):
         ptq_logits = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x))(qparams,
@@ -58,7 +58,7 @@ def test_gradients_pass_straight_through_the_rounding():
         g_qat = jax.jit(jax.grad(lambda p: loss(fake, p)))(params)
         g_at_fq = jax.jit(jax.grad(lambda p: loss(model, p)))(fq_params)
         g_float = jax.jit(jax.grad(lambda p: loss(model, p)))(params)
-    flat = lambda t: {transform.leaf_key(k): np.asarray(v)  # noqa: E731
+    flat = lambda t: {integer_params.leaf_key(k): np.asarray(v)  # noqa: E731
                       for k, v in jax.tree_util.tree_flatten_with_path(t)[0]}
     g_qat, g_at_fq, g_float = flat(g_qat), flat(g_at_fq), flat(g_float)
     assert set(layouts) <= set(g_qat) and len(layouts) == 8  # 6 block kernels + 2 tables
@@ -106,12 +106,12 @@ def test_with_lora_the_merged_kernel_is_quantized():
             jax.random.PRNGKey(3), x.shape), adapters)  # B != 0: the adapters change W
         state_params = {lora.MODEL_KEY: params, lora.LORA_KEY: adapters}
         merged = lora.merge_state_params(state_params, config.lora)
-        qparams = transform.quantize_params(merged, layouts, schemes.get("int8"), 0)
+        qparams = integer_params.quantize_params(merged, layouts, schemes.get("int8"), 0)
         qat_logits = np.asarray(jax.jit(lambda p, x: wrapped.apply({"params": p}, x))(
             state_params, *inputs))
         ptq_logits = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x))(
             qparams, *inputs))
-        quantized_first = transform.quantize_params(params, layouts, schemes.get("int8"), 0)
+        quantized_first = integer_params.quantize_params(params, layouts, schemes.get("int8"), 0)
     np.testing.assert_allclose(qat_logits, ptq_logits, rtol=1e-5, atol=1e-5)
     assert not np.array_equal(quantized_first["layers"]["attn"]["query"]["kernel"],
                               qparams["layers"]["attn"]["query"]["kernel"])

@@ -15,7 +15,7 @@ from fmjax import mesh as mesh_lib, models
 from fmjax.config import ConfigError, base_config
 from fmjax.generation import loading, server
 from fmjax.nn import lora
-from fmjax.quantization import guard, qlora, transform, weights
+from fmjax.quantization import guard, integer_params, qlora, weights
 from fmjax.tasks import checkpoint_eval
 from fmjax.training import checkpoint
 from tests.helpers import (assert_trees_bitwise_equal, finetune_keeping_final as finetune,
@@ -40,10 +40,10 @@ def qlora_config(base: str, data_dir: str, steps: int = 6):
 def dequantized(params, layouts):
     """`params` with every quantized kernel replaced by its float dequantization, plus A @ B
     where adapters sit beside it (siblings dropped): the float reference."""
-    out = transform.mutable(params)
+    out = integer_params.mutable(params)
     for key in layouts:
         module, name = key.rsplit("/", 1)
-        siblings = transform.get_leaf(out, module)
+        siblings = integer_params.get_leaf(out, module)
         w = weights.dequantize(jnp.asarray(siblings.pop(name)),
                                jnp.asarray(siblings.pop(name + weights.SCALE_SUFFIX)))
         if lora.A_SIBLING in siblings:
@@ -77,7 +77,7 @@ def test_qlora_trains_adapters_over_the_frozen_int4_base(quantized, data_dir, tm
     config = finetune_stage.inherit_pretrained(config, saved)
     model, cfg = models.build(config)
     mesh = mesh_lib.make_mesh(config)
-    layouts, _ = transform.layouts(model, cfg.seq_len, mesh)
+    layouts, _ = integer_params.layouts(model, cfg.seq_len, mesh)
     tokens_BT = jax.random.randint(jax.random.PRNGKey(1), (2, 16), 0, cfg.vocab_size)
     quantized_model = lora.LoraModel(qlora.wrap(guard.quantization_of(config_dict), model,
                                                 cfg.seq_len, mesh, ()), config.lora)

@@ -7,15 +7,15 @@ import pytest
 import jax.numpy as jnp
 
 from fmjax.config import ConfigError
-from fmjax.quantization import schemes, transform, weights
+from fmjax.quantization import integer_params, schemes, weights
 
 
 def layout(shape, contract_axes):
-    return transform.Layout("w", tuple(shape), tuple(contract_axes), (None,) * len(shape))
+    return integer_params.Layout("w", tuple(shape), tuple(contract_axes), (None,) * len(shape))
 
 
 def quantize(w, contract_axes, scheme, group_size=0):
-    q, scale = transform.quantize_leaf(jnp.asarray(w), layout(w.shape, contract_axes),
+    q, scale = integer_params.quantize_leaf(jnp.asarray(w), layout(w.shape, contract_axes),
                                        schemes.get(scheme), group_size)
     return np.asarray(q), np.asarray(scale), np.asarray(weights.dequantize(q, scale))
 
