@@ -12,9 +12,11 @@ Command:  python -m fmjax.train --config=configs/switch_base_8.py --workdir=gs:/
               --config.mesh.expert=8
 Budget:   the paper: 550k steps x 2^20 tokens (Section 2.4: batches of 1M tokens);
           as here, 1,000,000 steps x 2,048 x 512 as configs/t5_base.py.
-Slice:    v5p-64, with this command (python -m fmjax.preflight --fast: peak 45.4 of 95.7 GiB per
-          chip, mesh data 4 x expert 8). Without mesh.expert (all 8 experts on every chip)
-          libtpu 0.0.42 fails the compile (CompileTimeScopedVmemOom), not yet understood.
+Slice:    v5p-64, with this command (python -m fmjax.preflight --fast: peak 46.6 of 95.7 GiB per
+          chip, mesh data 4 x expert 8, the experts in megablox; 45.4 with
+          --config.model.moe.grouped_matmul=ragged_dot). Without mesh.expert (all 8 experts on
+          every chip) megablox peaks at 48.5 GiB, while XLA's ragged_dot lowering fails the
+          compile (libtpu 0.0.42: CompileTimeScopedVmemOom).
 Expected: python -m fmjax.info reports 619,339,008 parameters (T5-Base's 222,903,552 + 12
           sparse layers x (7 more experts x 2 x 768 x 3072 + a 768 x 8 router)), 222,977,280
           active per token; the paper's negative log perplexity -1.534 after 100k steps at
