@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from fmjax import kernels
-from fmjax.kernels.tpu import target
+from fmjax.kernels.tpu import trace_platform
 
 TILE = 512  # rows per tile
 TILE_KN = 1024  # contraction and output columns per tile
@@ -42,7 +42,7 @@ def grouped_matmul(x_RD, w_EDF, group_sizes_E):
     tiling = (tm, d if d <= TILE_KN else TILE_KN, f if f <= TILE_KN else TILE_KN)
     out_dtype = jnp.result_type(x_RD.dtype, w_EDF.dtype)
     y_PF = ops.gmm(x_PD, w_EDF, group_sizes_E.astype(jnp.int32), out_dtype, tiling, None,
-                   None, False, not target.compiling_for_tpu())
+                   None, False, not trace_platform.compiling_for_tpu())
     return jnp.where(valid_R1, y_PF[:r], 0)
 
 
@@ -54,7 +54,9 @@ def _unsupported(x_RD, w_EDF, group_sizes_E) -> str | None:
 
 
 def _unavailable() -> str | None:
-    return None if target.compiling_for_tpu() else "megablox runs on TPU (this trace does not)"
+    if trace_platform.compiling_for_tpu():
+        return None
+    return "megablox runs on TPU (this trace does not)"
 
 
 kernels.register("grouped_matmul", kernels.Implementation(

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from fmjax import kernels, mesh as mesh_lib
-from fmjax.kernels.tpu import target
+from fmjax.kernels.tpu import trace_platform
 
 
 MAX_BLOCK = 512  # positions per kernel block (query and key); smaller rows use one block
@@ -52,7 +52,7 @@ def _local_attention(q_BTHK, k_BTHK, v_BTHK, segment_ids_BT, *, causal: bool):
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel as kernel_lib)
     _, t, h, _ = q_BTHK.shape
-    kernel = _kernel(h, t, causal, not target.compiling_for_tpu())
+    kernel = _kernel(h, t, causal, not trace_platform.compiling_for_tpu())
     to_bhtk = lambda x: jnp.transpose(x, (0, 2, 1, 3))  # noqa: E731
     segments = kernel_lib.SegmentIds(q=segment_ids_BT, kv=segment_ids_BT)
     out_BHTK = jax.vmap(kernel)(to_bhtk(q_BTHK), to_bhtk(k_BTHK), to_bhtk(v_BTHK),
